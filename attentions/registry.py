@@ -1,0 +1,121 @@
+"""One registry of attention mechanisms, each registered by name with transformers.
+
+An entry says what the mechanism is (exact or approximate, its parameters, its attention FLOP
+formula, when it cannot run) and how to install it into a GPT-2 model. Every mechanism follows
+transformers' AttentionInterface contract (see transformers/models/gpt2/modeling_gpt2.py):
+
+    forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs)
+    # query (B, H, T, D); key, value (B, Hkv, T, D) -> (out (B, T, H, D), weights or None)
+
+and is registered in AttentionMaskInterface too: a custom name without a mask function gets
+attention_mask=None from transformers and would silently lose padding. Our custom mechanisms
+receive the 2D padding mask (B, T) bool, True = real token, or None when nothing is padded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from errors import unknown
+
+
+def _no_reason(device: torch.device) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    name: str
+    description: str
+    exact: bool                    # equals softmax(QK^T/sqrt(d) + causal) V up to dtype error
+    forward: Callable | None       # AttentionInterface function; None = transformers' own "eager"
+    # Forward FLOPs of one layer's attention core (QK^T and PV, 2 FLOPs per multiply-add),
+    # counting only the query/key pairs the mechanism computes: flops(B, H, T, D, params) -> float.
+    flops: Callable[..., float]
+    params: dict = field(default_factory=dict)
+    # kernel(device, params) -> the name of the kernel that runs (recorded with every run).
+    kernel: Callable[..., str] = lambda device, params: "unknown"
+    # unavailable_reason(device) -> None if it can run here, else why not.
+    unavailable_reason: Callable[[torch.device], str | None] = _no_reason
+    # prepare_model(model, params, init) changes the model before training (gqa: fewer K/V heads).
+    prepare_model: Callable | None = None
+    paper: str = ""
+
+    @property
+    def hf_name(self) -> str:
+        """The name transformers knows it by."""
+        return "eager" if self.forward is None else f"ab_{self.name}"
+
+
+REGISTRY: dict[str, AttentionSpec] = {}
+
+# The order every table and plot uses.
+ORDER = ["baseline", "sdpa", "flash", "flex", "flex_sparse", "sliding_window", "linear", "lsh", "gqa"]
+
+
+def padding_mask_2d(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
+                    attention_mask=None, **kwargs):
+    """AttentionMaskInterface function for our mechanisms: the (B, T) bool padding mask or None."""
+    if attention_mask is None:
+        return None
+    attention_mask = attention_mask[:, -kv_length:].bool()
+    return None if bool(attention_mask.all()) else attention_mask
+
+
+def register(spec: AttentionSpec) -> AttentionSpec:
+    """Add to our registry and, for custom kernels, to transformers' attention and mask interfaces."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    REGISTRY[spec.name] = spec
+    if spec.forward is not None:
+        AttentionInterface.register(spec.hf_name, spec.forward)
+        AttentionMaskInterface.register(spec.hf_name, padding_mask_2d)
+    return spec
+
+
+def names() -> list[str]:
+    _load_all()
+    return [n for n in ORDER if n in REGISTRY] + sorted(set(REGISTRY) - set(ORDER))
+
+
+def get(name: str) -> AttentionSpec:
+    _load_all()
+    if name not in REGISTRY:
+        raise unknown("attention", name, names())
+    return REGISTRY[name]
+
+
+def install(model, name: str, params: dict | None = None, init: str = "random") -> dict:
+    """Switch `model` (a GPT2LMHeadModel) to attention `name`. Returns the effective parameters."""
+    spec = get(name)
+    merged = {**spec.params, **(params or {})}
+    if spec.prepare_model is not None:
+        spec.prepare_model(model, merged, init)
+    # GPT-2's blocks share model.config; the attention reads _attn_implementation at each call.
+    model.config._attn_implementation = spec.hf_name
+    # Mechanisms read their parameters from the attention module: module.bench_params.
+    for module in model.modules():
+        if module.__class__.__name__ == "GPT2Attention":
+            module.bench_params = merged
+    return merged
+
+
+_LOADED = False
+
+
+def _load_all():
+    """Import every mechanism file once; each registers itself on import."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+    import pkgutil
+
+    import attentions
+    for info in pkgutil.iter_modules(attentions.__path__):
+        if info.name not in ("registry", "common") and not info.name.startswith("_"):
+            importlib.import_module(f"attentions.{info.name}")

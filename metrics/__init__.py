@@ -1,0 +1,1 @@
+"""Per-batch measurements: the catalog of columns, the samplers, the FLOP count."""

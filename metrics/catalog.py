@@ -1,0 +1,84 @@
+"""The catalog of every per-batch column: name, unit, meaning, how it is summarised.
+
+One source of truth: the CSV headers, the README table and the plot labels all come from here.
+Units are SI: MB = 10^6 bytes, GB = 10^9 bytes, W, J, s.
+`seed` names the metric of the original project the column answers (12 of them).
+`agg` says how summary.csv reduces the measured batches of one run:
+  "median" -> median and 95% interval over measured batches;
+  "last"   -> constant per run (model size), the last value;
+  "sum"    -> summed over measured batches (energy).
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    unit: str       # "" for dimensionless counts
+    meaning: str
+    agg: str = "median"
+    seed: str | None = None   # the original project's name for it, if any
+    higher_is_better: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.column} ({self.unit})" if self.unit else self.column
+
+
+# The twelve metrics of the original project, in its order.
+SEED_METRICS = [
+    Metric("flops", "FLOP", "FLOPs of one training step (fwd + bwd), analytic, 2 FLOPs per multiply-add; "
+           "causal attention counts only the unmasked half", "median", "FLOPS"),
+    Metric("cpu_percent", "%", "this process's CPU use over the step, percent of one core", "median",
+           "CPU usage percentage"),
+    Metric("disk_read_mb", "MB", "bytes this process read from storage during the step", "median",
+           "disk I/O read"),
+    Metric("disk_write_mb", "MB", "bytes this process wrote to storage during the step", "median",
+           "disk I/O write"),
+    Metric("gpu_memory_mb", "MB", "peak torch-allocated GPU memory within the step", "median", "GPU memory"),
+    Metric("gpu_power_w", "W", "mean board power over the step (NVML)", "median", "GPU power"),
+    Metric("gpu_util_percent", "%", "mean NVML GPU utilisation over the step", "median", "GPU utilization"),
+    Metric("inference_time_s", "s", "no-grad forward of the same batch, timed on its own", "median",
+           "inference time"),
+    Metric("loss", "nats/token", "mean cross-entropy per predicted (non-padding) token", "median", "loss"),
+    Metric("memory_gb", "GB", "process resident memory (RSS) at the end of the step", "median", "memory usage"),
+    Metric("model_size_mb", "MB", "parameters + buffers, bytes as stored", "last", "model size"),
+    Metric("train_time_s", "s", "forward + backward + optimizer step", "median", "training time"),
+]
+
+DERIVED_METRICS = [
+    Metric("forward_time_s", "s", "forward pass of the training step"),
+    Metric("backward_time_s", "s", "backward pass of the training step"),
+    Metric("optimizer_time_s", "s", "optimizer step (and gradient scaler, if any)"),
+    Metric("tokens", "tokens", "token positions in the batch, padding included (B x T)"),
+    Metric("real_tokens", "tokens", "non-padding tokens in the batch"),
+    Metric("tokens_per_s", "tokens/s", "tokens / train_time_s", higher_is_better=True),
+    Metric("tflops_per_s", "TFLOP/s", "flops / train_time_s / 1e12", higher_is_better=True),
+    Metric("mfu", "fraction", "tflops_per_s / the GPU's peak dense bf16/fp16 TFLOP/s (NaN if unknown)",
+           higher_is_better=True),
+    Metric("energy_j", "J", "GPU energy over the step from NVML's cumulative counter", "sum"),
+    Metric("joules_per_token", "J/token", "energy_j / tokens"),
+    Metric("gpu_memory_reserved_mb", "MB", "peak torch-reserved GPU memory within the step"),
+    Metric("gpu_memory_nvml_mb", "MB", "device memory in use, NVML (all processes)"),
+]
+
+METRICS = SEED_METRICS + DERIVED_METRICS
+BY_COLUMN = {m.column: m for m in METRICS}
+
+# Identity columns of a batches.csv row, before the metrics.
+ID_COLUMNS = ["run_id", "model", "attention", "kernel", "seq_len", "batch_size", "repeat",
+              "epoch", "batch", "step", "phase"]
+
+
+def label(column: str) -> str:
+    """Plot/table label with unit, for any catalogued column (the column itself otherwise)."""
+    m = BY_COLUMN.get(column)
+    return m.label if m else column
+
+
+def markdown_table() -> str:
+    """The README's metric table, generated from the catalog."""
+    rows = ["| column | unit | original metric | meaning | summary |", "|---|---|---|---|---|"]
+    for m in METRICS:
+        rows.append(f"| {m.column} | {m.unit or '-'} | {m.seed or '-'} | {m.meaning} | {m.agg} |")
+    return "\n".join(rows)
