@@ -1,0 +1,145 @@
+"""Presets for attention-bench: plain Python on one base, validated in one place.
+
+A Colab user edits the PRESET line; `python main.py --preset P` and the other flags override it.
+The original project's knobs map onto fields here (README, "Config reference"):
+  number_first_serveral_batch -> batches_per_epoch    batch_size_number -> batch_size
+  max_epoch -> epochs    model_name -> models    only_use_single_attention -> attentions=SINGLE
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from errors import UserError, unknown
+
+PRESET = "fast_test"  # <- the line to edit: smoke, fast_test, full_test, scaling
+
+MODELS = ["gpt2", "gpt2-medium", "gpt2-large", "tiny"]   # tiny: 2 layers, for tests and smoke
+ALL = "all"
+SINGLE = ["baseline", "flash"]   # the original's only_use_single_attention=True
+PRETRAINED_MAX_POSITIONS = 1024  # GPT-2 checkpoints have 1024 learned positions
+
+
+@dataclass
+class Config:
+    preset: str = "base"
+    # Which runs: the plan is models x seq_lens x attentions x repeats.
+    models: list[str] = field(default_factory=lambda: ["gpt2"])  # the original's default, model_name_list[2]
+    attentions: list[str] | str = ALL        # "all" = all nine; SINGLE = baseline + flash
+    seq_lens: list[int] = field(default_factory=lambda: [512])   # fits every GPT-2 size on a 16 GB T4
+    batch_size: int = 2                      # the original's batch_size_number
+    tokens_per_batch: int | None = None      # if set, batch_size = tokens_per_batch // seq_len (scaling)
+    batches_per_epoch: int = 2               # the original's number_first_serveral_batch (2 for a test)
+    epochs: int = 2                          # the original's max_epoch
+    warmup_steps: int = 1                    # first steps, not measured: allocator, autotune, compile
+    repeats: int = 1                         # interleaved repeats of the whole plan (A B C A B C)
+    # Model and numerics.
+    init: str = "random"                     # the original trains from random init; "pretrained" loads the hub
+    dtype: str = "auto"                      # auto: bf16 where supported, fp16+scaler on T4, fp32 on CPU
+    device: str = "auto"                     # auto: cuda if present, else cpu
+    compile: bool = False                    # torch.compile the model (GPU presets turn it on)
+    lr: float = 3e-4                         # AdamW; a common GPT-2 small fine-tuning rate
+    seed: int = 0                            # same data order and init for every attention
+    attention_params: dict = field(default_factory=dict)  # e.g. {"sliding_window": {"window": 128}}
+    # Data.
+    offline: bool = False                    # True: bundled sample + bundled tokenizer, no hub calls
+    dataset: str = "allenai/tulu-v2-sft-mixture"   # hub id, or a local .jsonl / folder path
+    packing: str = "pack"                    # pack: full seq_len rows; pad: one example per row (original)
+    # Measurement.
+    sample_interval_s: float = 0.05          # background sampler period (NVML, psutil)
+    measure_inference: bool = True           # time a no-grad forward of each batch
+    # Sweep behaviour.
+    out: str = "results"                     # results root; the notebook points it at Drive
+    timeout_s: float | None = None           # per run; None = no limit
+    isolate: bool = True                     # each run in a fresh process
+
+    @property
+    def steps(self) -> int:
+        return self.batches_per_epoch * self.epochs
+
+    @property
+    def measured_steps(self) -> int:
+        return self.steps - self.warmup_steps
+
+    def attention_list(self) -> list[str]:
+        from attentions import names
+        return names() if self.attentions == ALL else list(self.attentions)
+
+    def batch_size_for(self, seq_len: int) -> int:
+        return max(1, self.tokens_per_batch // seq_len) if self.tokens_per_batch else self.batch_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+BASE = Config()
+
+PRESETS: dict[str, Config] = {
+    # Offline, CPU, tiny model: the whole harness end to end in well under 2 minutes on 2 cores.
+    "smoke": dataclasses.replace(BASE, preset="smoke", models=["tiny"], seq_lens=[128], batch_size=2,
+                                 batches_per_epoch=2, epochs=2, warmup_steps=1, offline=True,
+                                 device="cpu", sample_interval_s=0.02),
+    # "Test all things but quickly": gpt2, all attentions, a few batches.
+    "fast_test": dataclasses.replace(BASE, preset="fast_test", batches_per_epoch=3, epochs=2,
+                                     warmup_steps=2),
+    # The real measurement: enough warm-up and measured steps for a stable median and interval.
+    "full_test": dataclasses.replace(BASE, preset="full_test", seq_lens=[1024], batch_size=8,
+                                     batches_per_epoch=20, epochs=2, warmup_steps=5, compile=True),
+    # Where efficient attention overtakes exact: constant tokens per batch, growing context.
+    "scaling": dataclasses.replace(BASE, preset="scaling", seq_lens=[512, 1024, 2048, 4096, 8192, 16384],
+                                   tokens_per_batch=16384, batches_per_epoch=8, epochs=1, warmup_steps=3,
+                                   compile=True),
+}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise unknown("preset", name, PRESETS)
+    return dataclasses.replace(PRESETS[name])
+
+
+def validate(cfg: Config) -> Config:
+    """Every check of user input in one place; raises UserError naming the field."""
+    from attentions import names
+    for m in cfg.models:
+        if m not in MODELS:
+            raise unknown("model", m, MODELS)
+    if cfg.attentions != ALL:
+        if not cfg.attentions:
+            raise UserError("attentions: empty list; give at least one name or 'all'")
+        for a in cfg.attentions:
+            if a not in names():
+                raise unknown("attention", a, names())
+    for name in ("batch_size", "batches_per_epoch", "epochs", "repeats"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserError(f"{name} must be a positive integer, got {v!r}")
+    if not cfg.seq_lens or any(not isinstance(t, int) or t < 2 for t in cfg.seq_lens):
+        raise UserError(f"seq_lens must be integers >= 2, got {cfg.seq_lens!r}")
+    if cfg.tokens_per_batch is not None and cfg.tokens_per_batch < max(cfg.seq_lens):
+        raise UserError(f"tokens_per_batch ({cfg.tokens_per_batch}) must be >= the longest seq_len "
+                        f"({max(cfg.seq_lens)})")
+    if cfg.init not in ("random", "pretrained"):
+        raise unknown("init", cfg.init, ["random", "pretrained"])
+    if cfg.init == "pretrained" and max(cfg.seq_lens) > PRETRAINED_MAX_POSITIONS:
+        raise UserError(f"seq_len {max(cfg.seq_lens)} is beyond the {PRETRAINED_MAX_POSITIONS} positions "
+                        "of the pretrained GPT-2 weights; use init='random' (positions are extended)")
+    if cfg.init == "pretrained" and "tiny" in cfg.models:
+        raise UserError("models: 'tiny' has no pretrained weights; use init='random'")
+    if not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0:
+        raise UserError(f"warmup_steps must be an integer >= 0, got {cfg.warmup_steps!r}")
+    if cfg.warmup_steps >= cfg.steps:
+        raise UserError(f"warmup_steps ({cfg.warmup_steps}) must be < total steps "
+                        f"(batches_per_epoch x epochs = {cfg.steps}), or nothing is measured")
+    for name, valid in (("dtype", ["auto", "bf16", "fp16", "fp32"]), ("packing", ["pack", "pad"])):
+        if getattr(cfg, name) not in valid:
+            raise unknown(name, getattr(cfg, name), valid)
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise unknown("device", cfg.device, ["auto", "cpu", "cuda", "cuda:N"])
+    if not (cfg.lr > 0):
+        raise UserError(f"lr must be > 0, got {cfg.lr!r}")
+    if not (0 < cfg.sample_interval_s <= 10):
+        raise UserError(f"sample_interval_s must be in (0, 10] seconds, got {cfg.sample_interval_s!r}")
+    if cfg.timeout_s is not None and not cfg.timeout_s > 0:
+        raise UserError(f"timeout_s must be > 0 seconds or None, got {cfg.timeout_s!r}")
+    return cfg
