@@ -1,0 +1,355 @@
+r"""Tulu v2 (hub) or the bundled sample -> Tulu chat format -> GPT-2 tokens -> batches.
+
+Tokenizer: offline, tiktoken over assets/gpt2.tiktoken (GPT-2's byte-level BPE, 50,257 ids; the file
+is tiktoken's r50k_base, sha256-checked); online, transformers' GPT2TokenizerFast (hub or a local
+folder). Both treat "<|endoftext|>" typed in a message as plain text; only the format places eos ids.
+
+Chat format: open-instruct's "tulu" template (allenai/open-instruct, CHAT_TEMPLATES["tulu"]):
+"<|system|>\n{c}\n", "<|user|>\n{c}\n", "<|assistant|>\n{c}" + eos + "\n" (no "\n" after the last
+message); content is not stripped. The text between eos tokens is encoded segment by segment and
+joined by the eos id: the ids transformers gives for format_tulu(...), but unforgeable by content.
+
+Records ({"dataset", "id", "messages": [{"role", "content"}]}): offline, JSON lines (the bundled
+sample, or cfg.dataset when it is a local path); online, `datasets.load_dataset(..., streaming=True)`
+from the hub or a local file/folder, reading only the first records needed. Bad rows are skipped
+and counted by reason.
+
+Batches: loaded conversations are shuffled by random.Random(cfg.seed), so every attention sees the
+same batches. pack: conversations joined by eos and cut into full seq_len rows (GPT-2 pretraining
+style; attention crosses documents), labels = input_ids. pad (the original project): one
+conversation per row, truncated, right-padded with eos; attention_mask 0 and labels -100 there.
+Too little data is cycled, each pass freshly shuffled; stats counts the passes.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import os
+import random
+import socket
+import sys
+from collections import Counter
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+
+from errors import UserError, unknown
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+VOCAB_FILE = os.path.join(ASSETS, "gpt2.tiktoken")
+VOCAB_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"  # tiktoken's r50k_base
+SAMPLE_FILE = os.path.join(ASSETS, "tulu_sample.jsonl")
+EOS_TEXT, EOS_ID, VOCAB_SIZE = "<|endoftext|>", 50256, 50257
+# GPT-2's pre-tokenizer regex, in tiktoken's equivalent but faster spelling (tiktoken_ext/openai_public.py).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+ROLES = ("system", "user", "assistant")
+# Every GPT-2 size shares one tokenizer; fetch it once, from the smallest repo.
+SAME_TOKENIZER = {"gpt2-medium": "gpt2", "gpt2-large": "gpt2", "gpt2-xl": "gpt2", "tiny": "gpt2"}
+CHUNK = 256   # records tokenized per call: big enough for batched encoding, small for lazy loading
+_BAD_JSON = object()  # marks a line that is not a JSON object
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """The interface the harness sees, whichever backend is behind it."""
+    encode: Callable = field(repr=False)        # str -> list[int]
+    encode_batch: Callable = field(repr=False)  # list[str] -> list[list[int]], batched (fast)
+    decode: Callable = field(repr=False)        # list[int] -> str
+    source: str = ""                            # "bundled gpt2.tiktoken", "hub:gpt2" or "local:<folder>"
+    eos_id: int = EOS_ID
+    vocab_size: int = VOCAB_SIZE
+
+
+_TOKENIZERS: dict = {}  # loaded once per process: the vocabulary read and checks cost ~0.2 s
+
+
+def get_tokenizer(offline: bool, name: str = "gpt2") -> Tokenizer:
+    """GPT-2's tokenizer: bundled (offline) or transformers' (online, or from a local folder `name`)."""
+    if os.path.isdir(name):  # a local tokenizer folder needs no hub, offline or not
+        key = os.path.abspath(name)
+    else:
+        key = "bundled" if offline else SAME_TOKENIZER.get(name, name)
+    if key not in _TOKENIZERS:
+        if offline:
+            _set_offline_env()
+        _TOKENIZERS[key] = _bundled_tokenizer() if key == "bundled" else _hf_tokenizer(key)
+    return _TOKENIZERS[key]
+
+
+def _bundled_tokenizer() -> Tokenizer:
+    try:
+        import tiktoken
+    except ImportError as e:
+        raise UserError("the offline tokenizer needs tiktoken: pip install tiktoken") from e
+    try:
+        with open(VOCAB_FILE, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read the bundled GPT-2 vocabulary {VOCAB_FILE}: {e}") from e
+    if hashlib.sha256(raw).hexdigest() != VOCAB_SHA256:
+        raise UserError(f"{VOCAB_FILE} is damaged (sha256 differs from GPT-2's); restore it from git")
+    ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in raw.splitlines() if line)}
+    enc = tiktoken.Encoding(name="gpt2_bundled", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={EOS_TEXT: EOS_ID}, explicit_n_vocab=VOCAB_SIZE)
+    return Tokenizer(enc.encode_ordinary, enc.encode_ordinary_batch, enc.decode, "bundled gpt2.tiktoken")
+
+
+def _hf_tokenizer(name: str) -> Tokenizer:
+    local = os.path.isdir(name)
+    if not local:
+        _check_hub(f"the tokenizer '{name}'")
+    try:
+        from transformers import GPT2TokenizerFast
+    except ImportError as e:
+        raise UserError("the hub tokenizer needs transformers: pip install transformers") from e
+    try:
+        tok = GPT2TokenizerFast.from_pretrained(name)
+    except Exception as e:  # hub and file errors come in many types; each means "could not load"
+        raise UserError(f"cannot load the tokenizer '{name}': {type(e).__name__}: {e}") from e
+    # Offline, from_pretrained can return an EMPTY tokenizer without an error: never accept one.
+    if len(tok) != VOCAB_SIZE or tok.convert_tokens_to_ids(EOS_TEXT) != EOS_ID:
+        raise UserError(f"tokenizer '{name}' has {len(tok)} tokens, not GPT-2's {VOCAB_SIZE} with "
+                        f"{EOS_TEXT} = {EOS_ID} (empty means not cached); run with --offline to use the bundled one")
+    backend = tok.backend_tokenizer
+    backend.encode_special_tokens = True  # "<|endoftext|>" in text stays text, as in the bundled tokenizer
+
+    def encode_batch(texts):
+        return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    return Tokenizer(lambda text: encode_batch([text])[0], encode_batch,
+                     lambda ids: backend.decode(ids, skip_special_tokens=False),
+                     f"local:{name}" if local else f"hub:{name}")
+
+
+def _set_offline_env():
+    """Offline means no hub call from any library, including ones imported later or already."""
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    # Both read the variable once at import; a module already imported (model.py imports transformers) is told directly.
+    if "huggingface_hub.constants" in sys.modules:
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
+    if "datasets.config" in sys.modules:
+        sys.modules["datasets.config"].HF_HUB_OFFLINE = sys.modules["datasets.config"].HF_DATASETS_OFFLINE = True
+
+
+def _check_hub(what: str):
+    """Fail in 5 s with a clear message, instead of a hub call that hangs for minutes."""
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return  # the hub library answers from its cache at once; an empty answer is caught by the caller
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname, url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"cannot reach the Hugging Face hub ({host}:{port}: {e}) to load {what}; "
+                        "run with --offline to use the bundled sample") from e
+
+
+def format_tulu(messages) -> str:
+    """The Tulu chat text of a conversation, with the eos as "<|endoftext|>" text."""
+    return EOS_TEXT.join(_segments(messages))
+
+
+def _segments(messages) -> list[str]:
+    """The Tulu chat text split at each eos: one more segment than there are eos tokens."""
+    segments, current = [], ""
+    for i, m in enumerate(messages):
+        current += f"<|{m['role']}|>\n{m['content']}"
+        if m["role"] == "assistant":  # eos ends the turn; a newline follows unless it is the last message
+            segments.append(current)
+            current = "\n" if i < len(messages) - 1 else ""
+        else:
+            current += "\n"
+    return segments + [current]
+
+
+def tokenize_conversations(tokenizer, conversations) -> list[list[int]]:
+    """Token ids of each conversation in the Tulu format, the eos ids placed by the format."""
+    segs = [_segments(msgs) for msgs in conversations]
+    flat = iter(tokenizer.encode_batch([s for group in segs for s in group]))  # one batched call: fast
+    out = []
+    for group in segs:
+        ids = list(next(flat))
+        for _ in group[1:]:
+            ids.append(tokenizer.eos_id)
+            ids += next(flat)
+        out.append(ids)
+    return out
+
+
+def _problem(rec) -> str | None:
+    """Why a record cannot be used, or None."""
+    if rec is _BAD_JSON or not isinstance(rec, dict):
+        return "not_a_json_object"
+    msgs = rec.get("messages")
+    if msgs is None or (isinstance(msgs, list) and not msgs):
+        return "no_messages"
+    if not isinstance(msgs, list):
+        return "messages_not_a_list"
+    for m in msgs:
+        if not isinstance(m, dict):
+            return "message_not_an_object"
+        if m.get("role") not in ROLES:
+            return "unknown_role"
+        if not isinstance(m.get("content"), str) or not m["content"].strip():
+            return "empty_content"
+    return None
+
+
+def _is_local(dataset: str) -> bool:
+    p = os.path.expanduser(dataset)
+    return os.path.exists(p) or os.path.isabs(p) or p.startswith(".") or p.endswith((".json", ".jsonl", ".parquet"))
+
+
+def _open_source(cfg):
+    """(iterator of raw records, description of the source) for cfg's dataset, offline or not."""
+    local = _is_local(cfg.dataset)
+    path = os.path.abspath(os.path.expanduser(cfg.dataset)) if local else None
+    if local and not os.path.exists(path):
+        raise UserError(f"dataset not found: {path}")
+    if cfg.offline:
+        _set_offline_env()
+        return _read_jsonl(path or SAMPLE_FILE), (f"file {path}" if local else "bundled assets/tulu_sample.jsonl")
+    if not local:
+        _check_hub(f"the dataset '{cfg.dataset}'")
+    return _stream_datasets(cfg.dataset, path), (f"datasets {path}" if local else f"hub {cfg.dataset}")
+
+
+def _read_jsonl(path: str):
+    """Records from a JSON-lines file or folder of them, read lazily, with no hub library imported."""
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(path, f) for f in os.listdir(path) if f.endswith((".jsonl", ".json")))
+    if not files:
+        raise UserError(f"no .jsonl or .json files in the dataset folder {path}")
+    for file in files:
+        try:
+            with open(file, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        try:
+                            yield json.loads(line)
+                        except json.JSONDecodeError:
+                            yield _BAD_JSON
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read the dataset file {file}: {e}") from e
+
+
+def _stream_datasets(dataset: str, path: str | None):
+    """The real (Colab) path: `datasets` streaming, which reads only the records taken."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise UserError("the online data path needs `datasets`: pip install datasets "
+                        "(or run with --offline to use the bundled sample)") from e
+    try:
+        if path and os.path.isfile(path):
+            builder = "parquet" if path.endswith(".parquet") else "json"
+            ds = datasets.load_dataset(builder, data_files=path, split="train", streaming=True)
+        else:
+            ds = datasets.load_dataset(path or dataset, split="train", streaming=True)
+        yield from ds
+    except Exception as e:  # network, schema and format errors alike: name the dataset and the cause
+        raise UserError(f"cannot read the dataset '{dataset}': {type(e).__name__}: {e}") from e
+
+
+def _usable(records, skipped: Counter):
+    for rec in records:
+        reason = _problem(rec)
+        if reason:
+            skipped[reason] += 1
+        else:
+            yield [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
+
+
+def _nothing_usable(source: str, skipped: Counter) -> UserError:
+    why = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())) or "it is empty"
+    return UserError(f"no usable conversations in {source}: skipped {why}")
+
+
+def load_records(cfg, limit: int):
+    """The first `limit` usable conversations (lists of messages) and stats about the reading."""
+    records, source = _open_source(cfg)
+    skipped = Counter()
+    with closing(records):
+        convs = list(itertools.islice(_usable(records, skipped), limit))
+    if not convs:
+        raise _nothing_usable(source, skipped)
+    return convs, {"source": source, "records_used": len(convs), "records_skipped": dict(skipped),
+                   "exhausted": len(convs) < limit}
+
+
+def _load_docs(cfg, tokenizer, need: int, pack: bool):
+    """Tokenized conversations, read chunk by chunk until `need` tokens (pack) or rows (pad)."""
+    records, source = _open_source(cfg)
+    skipped, docs, have = Counter(), [], 0
+    with closing(records):
+        usable = _usable(records, skipped)
+        while have < need:
+            chunk = list(itertools.islice(usable, CHUNK))
+            for ids in tokenize_conversations(tokenizer, chunk):
+                if pack and ids[-1] != tokenizer.eos_id:
+                    ids.append(tokenizer.eos_id)  # eos separates documents in the packed stream
+                docs.append(ids)
+                have += len(ids) if pack else 1
+            if len(chunk) < CHUNK:
+                break
+    if not docs:
+        raise _nothing_usable(source, skipped)
+    return docs, {"source": source, "tokenizer": tokenizer.source, "records_loaded": len(docs),
+                  "records_skipped": dict(skipped), "data_exhausted": have < need}
+
+
+def _shuffled(n: int, rng: random.Random, passes: Counter):
+    """Indices 0..n-1, freshly shuffled on each pass, without end: a second pass means cycling."""
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        passes["passes"] += 1
+        yield from order
+
+
+def _pack(docs, seq_len: int, rows: int, rng: random.Random):
+    need, stream, used, passes = rows * seq_len, [], set(), Counter()
+    for i in _shuffled(len(docs), rng, passes):
+        stream += docs[i]
+        used.add(i)
+        if len(stream) >= need:  # stop before drawing again, which would start a pass
+            break
+    ids = torch.tensor(stream[:need], dtype=torch.long).view(rows, seq_len)  # (rows, T)
+    return ids, torch.ones_like(ids), {**passes, "records_used": len(used)}
+
+
+def _pad(docs, seq_len: int, rows: int, rng: random.Random, eos: int):
+    passes = Counter()
+    order = list(itertools.islice(_shuffled(len(docs), rng, passes), rows))
+    ids = torch.full((rows, seq_len), eos, dtype=torch.long)  # (rows, T), right padding with eos
+    mask = torch.zeros((rows, seq_len), dtype=torch.long)
+    for r, i in enumerate(order):
+        n = min(len(docs[i]), seq_len)
+        ids[r, :n] = torch.tensor(docs[i][:n], dtype=torch.long)
+        mask[r, :n] = 1
+    truncated = sum(len(docs[i]) > seq_len for i in order)
+    return ids, mask, {**passes, "records_used": len(set(order)), "rows_truncated": truncated}
+
+
+def make_batches(cfg, tokenizer, seq_len: int, batch_size: int, n_batches: int):
+    """n_batches dicts of (B, T) long tensors input_ids, labels, attention_mask; and stats."""
+    for name, v, low in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1), ("n_batches", n_batches, 1)):
+        if not isinstance(v, int) or v < low:
+            raise UserError(f"{name} must be an integer >= {low}, got {v!r}")
+    if cfg.packing not in ("pack", "pad"):
+        raise unknown("packing", cfg.packing, ["pack", "pad"])
+    pack, rows = cfg.packing == "pack", batch_size * n_batches
+    docs, stats = _load_docs(cfg, tokenizer, rows * seq_len if pack else rows, pack)
+    rng = random.Random(cfg.seed)  # depends on the seed and the data only: the same for every attention
+    ids, mask, more = _pack(docs, seq_len, rows, rng) if pack else _pad(docs, seq_len, rows, rng, tokenizer.eos_id)
+    labels = ids.masked_fill(mask == 0, -100)  # -100: ignored by the loss
+    batches = [{"input_ids": ids[i:i + batch_size].clone(), "labels": labels[i:i + batch_size].clone(),
+                "attention_mask": mask[i:i + batch_size].clone()} for i in range(0, rows, batch_size)]
+    stats.update(more, packing=cfg.packing, seed=cfg.seed, seq_len=seq_len, batch_size=batch_size,
+                 n_batches=n_batches, tokens=ids.numel(), real_tokens=int(mask.sum()), cycled=more["passes"] > 1)
+    return batches, stats
