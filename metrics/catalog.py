@@ -6,7 +6,8 @@ Units are SI: MB = 10^6 bytes, GB = 10^9 bytes, W, J, s.
 `agg` says how summary.csv reduces the measured batches of one run:
   "median" -> median and 95% interval over measured batches;
   "last"   -> constant per run (model size), the last value;
-  "sum"    -> summed over measured batches (energy).
+  "sum"    -> summed over measured batches (energy);
+  "none"   -> not summarised (flags in QUALITY_COLUMNS).
 """
 from dataclasses import dataclass
 
@@ -54,16 +55,26 @@ DERIVED_METRICS = [
     Metric("real_tokens", "tokens", "non-padding tokens in the batch"),
     Metric("tokens_per_s", "tokens/s", "tokens / train_time_s", higher_is_better=True),
     Metric("tflops_per_s", "TFLOP/s", "flops / train_time_s / 1e12", higher_is_better=True),
-    Metric("mfu", "fraction", "tflops_per_s / the GPU's peak dense bf16/fp16 TFLOP/s (NaN if unknown)",
-           higher_is_better=True),
+    Metric("mfu", "fraction", "PaLM flops/token (6N + 12*L*H*Q*T, metrics/flops.py) x tokens_per_s / the "
+           "GPU's peak dense bf16/fp16 FLOP/s (metrics/peak.py; NaN if unknown)", higher_is_better=True),
     Metric("energy_j", "J", "GPU energy over the step from NVML's cumulative counter", "sum"),
     Metric("joules_per_token", "J/token", "energy_j / tokens"),
     Metric("gpu_memory_reserved_mb", "MB", "peak torch-reserved GPU memory within the step"),
-    Metric("gpu_memory_nvml_mb", "MB", "device memory in use, NVML (all processes)"),
+    Metric("gpu_memory_nvml_mb", "MB", "device memory in use, NVML (all processes), max over the step's samples"),
 ]
 
 METRICS = SEED_METRICS + DERIVED_METRICS
-BY_COLUMN = {m.column: m for m in METRICS}
+
+# How far to trust a row's sampled and energy columns (metrics/meter.py). Not in METRICS:
+# they are not summarised or plotted as metrics, but batches.csv carries them.
+QUALITY_COLUMNS = [
+    Metric("window_s", "s", "the step's wall time as the meter saw it (its sampling window)"),
+    Metric("samples_in_window", "", "sampler readings inside the step; 0 = see sample_fallback"),
+    Metric("sample_fallback", "", "True: no reading inside the step, the nearest one was used", "none"),
+    Metric("energy_flag", "", "ok | short_window (window < 100 ms, the NVML energy counter's "
+           "update period: coarse per step, exact when summed) | nan (no counter)", "none"),
+]
+BY_COLUMN = {m.column: m for m in METRICS + QUALITY_COLUMNS}
 
 # Identity columns of a batches.csv row, before the metrics.
 ID_COLUMNS = ["run_id", "model", "attention", "kernel", "seq_len", "batch_size", "repeat",

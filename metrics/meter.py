@@ -1,0 +1,199 @@
+"""Meter: the one object train.py uses to measure a training step (optimum-benchmark style:
+a measurement is a context manager around the work).
+
+    meter = Meter(device, interval_s=0.05); meter.start()
+    with meter.step() as row:      # row is filled when the block exits (even if it raises)
+        ...; torch.cuda.synchronize()   # the caller syncs, so the window holds the GPU work
+    meter.stop()
+
+Per step (exact deltas at the window's edges): cpu_percent, memory_gb, disk_read_mb,
+disk_write_mb (metrics/system.py); gpu_memory_mb / gpu_memory_reserved_mb = torch's peak
+allocated / reserved bytes since the step began / 1e6; energy_j = NVML energy counter delta.
+Per step (from the sampler's series inside the window, metrics/sampler.py): gpu_power_w and
+gpu_util_percent = mean of the samples, gpu_memory_nvml_mb = max of the samples.
+Quality columns: window_s (the step's wall seconds as the meter saw it), samples_in_window,
+sample_fallback (no sample inside; the nearest one used), energy_flag ("ok", "short_window":
+window < 100 ms, the counter's update period, so the delta is coarse, but deltas of
+consecutive steps still sum to the exact total; "nan": no counter).
+Anything unmeasurable is NaN and `info()["nan_reasons"][column]` says why.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+
+from metrics.nvml import FIELDS as NVML_FIELDS, GPU_COLUMNS, NvmlReader, torch_device_target
+from metrics.sampler import Sampler, maximum, mean
+from metrics.system import ProcessReader, SeriesReader, step_values
+
+NAN = float("nan")
+ENERGY_MIN_WINDOW_S = 0.1  # NVML's energy counter updates about every 100 ms
+SERIES_FIELDS = NVML_FIELDS + ("cpu_percent", "memory_gb")
+TORCH_GPU_COLUMNS = ("gpu_memory_mb", "gpu_memory_reserved_mb")
+ROW_COLUMNS = ("cpu_percent", "memory_gb", "disk_read_mb", "disk_write_mb", "window_s") + \
+    TORCH_GPU_COLUMNS + GPU_COLUMNS
+
+
+class Meter:
+    def __init__(self, device, interval_s: float = 0.05, nvml_index: int | None = None,
+                 idle_s: float = 1.0, force_system_disk: bool = False):
+        """device: the torch.device trained on. nvml_index: measure this NVML GPU instead of
+        the one behind `device` (tests, or a CPU run that still wants the board's readings).
+        idle_s: seconds of power samples for idle_power_w at start()."""
+        import torch
+
+        self.device = torch.device(device)
+        self.interval_s = float(interval_s)
+        self.idle_s = float(idle_s)
+        # torch.cuda's memory stats read 0, not an error, when CUDA is absent: guard here.
+        self.cuda = self.device.type == "cuda" and torch.cuda.is_available()
+        self.nan_reasons: dict[str, str] = {}
+        self.process = ProcessReader(force_system_disk)
+        self.nvml = self._open_nvml(nvml_index)
+        self.series_reader = SeriesReader()
+        self.sampler = Sampler(self._read_series, SERIES_FIELDS, self.interval_s)
+        self.idle_power_w = NAN
+        self.t_start: float | None = None
+        if not self.cuda:
+            why = "no CUDA in this torch/machine" if self.device.type == "cuda" else "no CUDA memory"
+            for col in TORCH_GPU_COLUMNS:
+                self.nan_reasons[col] = f"device is {self.device}: {why}"
+
+    def _open_nvml(self, nvml_index) -> NvmlReader | None:
+        if nvml_index is not None:
+            return NvmlReader(int(nvml_index))
+        if self.device.type != "cuda":
+            for col in GPU_COLUMNS:
+                self.nan_reasons[col] = f"device is {self.device}: no GPU to measure"
+            return None
+        try:
+            return NvmlReader(torch_device_target(self.device))
+        except Exception as e:  # NvmlReader never raises; torch_device_target might
+            for col in GPU_COLUMNS:
+                self.nan_reasons[col] = f"could not locate the GPU: {type(e).__name__}: {e}"
+            return None
+
+    def _read_series(self) -> tuple:
+        gpu = self.nvml.read() if self.nvml is not None else (NAN, NAN, NAN)
+        return gpu + self.series_reader.read()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "Meter":
+        """Measure idle power once (if NVML works), then start the sampler thread.
+        Calling start() again after stop() resumes sampling (the series keeps growing)."""
+        if self.t_start is None:
+            self.t_start = time.perf_counter()
+            self.idle_power_w = self._measure_idle()
+        self.sampler.start()
+        return self
+
+    def _measure_idle(self) -> float:
+        if self.nvml is None or not self.nvml.available or self.idle_s <= 0:
+            return NAN
+        watts, end = [], time.perf_counter() + self.idle_s
+        while time.perf_counter() < end:
+            watts.append(self.nvml.read()[0])
+            time.sleep(self.interval_s)
+        good = [w for w in watts if w == w]
+        return statistics.median(good) if good else NAN
+
+    def stop(self) -> None:
+        self.sampler.stop()
+
+    def energy_counter_j(self) -> float:
+        """NVML's cumulative energy counter now, in J (NaN without one)."""
+        return self.nvml.energy_mj() / 1000.0 if self.nvml is not None else NAN
+
+    # -- one step -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def step(self):
+        row: dict = {}
+        reset_ok = self._reset_torch_peak()
+        c0 = self.process.counters(rss=False)  # memory_gb is the value at the end
+        # Clocks last on entry and first on exit, energy right next to them: the wall window
+        # bounds the work tightly and the energy window differs from it by one NVML call.
+        e0 = self.energy_counter_j()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        try:
+            yield row
+        finally:
+            t1, cpu1 = time.perf_counter(), time.process_time()
+            e1 = self.energy_counter_j()
+            c1 = self.process.counters()
+            try:
+                row.update(self._row(t0, t1, cpu1 - cpu0, c0, c1, e1 - e0, reset_ok))
+            except Exception as e:  # a metric must never end a run: every column NaN instead
+                self.nan_reasons.setdefault("row", f"{type(e).__name__}: {e}")
+                row.update({k: NAN for k in ROW_COLUMNS if k not in row},
+                           samples_in_window=0, sample_fallback=False, energy_flag="nan")
+
+    def _row(self, t0, t1, cpu_s, c0, c1, energy_j, reset_ok) -> dict:
+        window_s = t1 - t0
+        row = step_values(window_s, cpu_s, c0, c1)
+        row["window_s"] = window_s
+        row.update(self._torch_peaks() if reset_ok else {c: NAN for c in TORCH_GPU_COLUMNS})
+        samples, fallback = self.sampler.window(t0, t1)
+        cols = list(zip(*samples)) if samples else [()] * len(SERIES_FIELDS)
+        by_field = dict(zip(SERIES_FIELDS, cols))
+        row["gpu_power_w"] = mean(by_field["gpu_power_w"])
+        row["gpu_util_percent"] = mean(by_field["gpu_util_percent"])
+        row["gpu_memory_nvml_mb"] = maximum(by_field["gpu_memory_nvml_mb"])
+        row["samples_in_window"] = 0 if fallback else len(samples)
+        row["sample_fallback"] = fallback
+        row["energy_j"] = energy_j
+        if energy_j != energy_j:
+            row["energy_flag"] = "nan"
+        else:
+            row["energy_flag"] = "ok" if window_s >= ENERGY_MIN_WINDOW_S else "short_window"
+        return row
+
+    def _reset_torch_peak(self) -> bool:
+        """Start a new peak for this step; False (the step's peaks are NaN) if that failed."""
+        if not self.cuda:
+            return False
+        try:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return True
+        except Exception as e:
+            for c in TORCH_GPU_COLUMNS:
+                self.nan_reasons.setdefault(c, f"reset_peak_memory_stats: {type(e).__name__}: {e}")
+            return False
+
+    def _torch_peaks(self) -> dict:
+        if not self.cuda:
+            return {c: NAN for c in TORCH_GPU_COLUMNS}
+        try:
+            import torch
+
+            return {"gpu_memory_mb": torch.cuda.max_memory_allocated(self.device) / 1e6,
+                    "gpu_memory_reserved_mb": torch.cuda.max_memory_reserved(self.device) / 1e6}
+        except Exception as e:
+            for c in TORCH_GPU_COLUMNS:
+                self.nan_reasons.setdefault(c, f"torch.cuda memory stats: {type(e).__name__}: {e}")
+            return {c: NAN for c in TORCH_GPU_COLUMNS}
+
+    # -- outputs --------------------------------------------------------------------------
+    def samples(self) -> list[dict]:
+        """The raw series (samples.csv): t_s since start(), then SERIES_FIELDS."""
+        times, values = self.sampler.series()
+        t0 = self.t_start if self.t_start is not None else (times[0] if times else 0.0)
+        return [{"t_s": t - t0, **dict(zip(SERIES_FIELDS, v))} for t, v in zip(times, values)]
+
+    def info(self) -> dict:
+        """For manifest.json: where each number comes from, and why any column is NaN."""
+        reasons = dict(self.nan_reasons)
+        if self.nvml is not None:
+            for col, why in self.nvml.reasons.items():
+                reasons.setdefault(col, why)
+        for col, why in self.process.reasons.items():
+            reasons.setdefault(col, why)
+        out = self.nvml.info() if self.nvml is not None else {
+            "nvml_available": False, "nvml_reason": reasons.get("gpu_power_w")}
+        out.update({"device": str(self.device), "idle_power_w": self.idle_power_w,
+                    "disk_counter_source": self.process.disk_source, "interval_s": self.interval_s,
+                    "samples": len(self.sampler), "sampler_errors": list(self.sampler.errors),
+                    "nan_reasons": reasons})
+        return out
