@@ -98,6 +98,13 @@ def get_preset(name: str) -> Config:
     return dataclasses.replace(PRESETS[name])
 
 
+def _on_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    import torch
+    return device == "auto" and not torch.cuda.is_available()
+
+
 def validate(cfg: Config) -> Config:
     """Every check of user input in one place; raises UserError naming the field."""
     from attentions import names
@@ -136,6 +143,8 @@ def validate(cfg: Config) -> Config:
             raise unknown(name, getattr(cfg, name), valid)
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise unknown("device", cfg.device, ["auto", "cpu", "cuda", "cuda:N"])
+    if cfg.dtype in ("bf16", "fp16") and _on_cpu(cfg.device):
+        raise UserError(f"dtype {cfg.dtype} is for GPUs; this run is on the CPU: use dtype auto or fp32")
     if not (cfg.lr > 0):
         raise UserError(f"lr must be > 0, got {cfg.lr!r}")
     if not (0 < cfg.sample_interval_s <= 10):

@@ -1,0 +1,135 @@
+"""The results folder: created once, written atomically, readable at any moment.
+
+results/<timestamp>_<device>_<preset>/
+  manifest.json  batches.csv  summary.csv  samples.csv  plots/  report.md
+Every file is written to a temporary name and renamed (os.replace is atomic on POSIX), so a
+sweep killed at any moment leaves files that parse, and each run's rows land only when it ends.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from errors import UserError
+from metrics.catalog import BY_COLUMN, ID_COLUMNS, METRICS, QUALITY_COLUMNS
+
+FINAL = {"ok", "oom", "nan", "unavailable", "timeout", "error"}  # a run in any of these is done
+FLAG_COLUMNS = [m.column for m in QUALITY_COLUMNS]
+BATCH_COLUMNS = ID_COLUMNS + [m.column for m in METRICS] + FLAG_COLUMNS
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    _atomic_write(Path(path), lambda f: json.dump(obj, f, indent=2, default=str, allow_nan=True))
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    _atomic_write(Path(path), lambda f: df.to_csv(f, index=False))
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    return pd.read_csv(path)
+
+
+def check_writable(root: str | Path) -> Path:
+    """The results root exists (or can be made) and takes a file; else a UserError naming it."""
+    root = Path(root)
+    if str(root).startswith("/content/drive") and not Path("/content/drive/MyDrive").exists():
+        raise UserError(f"results folder {root} is on Google Drive, but Drive is not mounted: "
+                        "run the notebook's first cell (drive.mount)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root):
+            pass
+    except OSError as e:
+        raise UserError(f"results folder {root} is not writable: {e.strerror or e}") from None
+    return root
+
+
+def new_folder(root: str | Path, device_label: str, preset: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}_{device_label}_{preset}"
+    folder, i = base, 1
+    while folder.exists():  # two sweeps in the same second
+        folder, i = Path(f"{base}-{i}"), i + 1
+    folder.mkdir(parents=True)
+    return folder
+
+
+def append_rows(path: Path, rows: list[dict], columns: list[str] | None = None,
+                drop_run_ids=()) -> pd.DataFrame:
+    """Old rows (minus drop_run_ids) + new rows, rewritten atomically."""
+    old = read_csv(path)
+    if len(old) and drop_run_ids:
+        old = old[~old["run_id"].isin(list(drop_run_ids))]
+    new = pd.DataFrame(rows)
+    if columns:
+        new = new.reindex(columns=columns + [c for c in new.columns if c not in columns])
+    df = pd.concat([old, new], ignore_index=True) if len(old) else new
+    write_csv(path, df)
+    return df
+
+
+def median_interval(values) -> tuple[float, float, float]:
+    """Median and a distribution-free 95% confidence interval of the median, from order
+    statistics (binomial, Conover 1999); with fewer than 6 values the interval is [min, max]."""
+    v = sorted(x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x)))
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    med = float(pd.Series(v).median())
+    if n < 6:
+        return med, float(v[0]), float(v[-1])
+    k = int(math.floor((n - 1.96 * math.sqrt(n)) / 2))  # lower rank, 0-based
+    k = max(0, min(k, n - 1))
+    return med, float(v[k]), float(v[n - 1 - k])
+
+
+def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
+    """One row per run: identity, status, and median + 95% interval of each metric."""
+    out = []
+    for run in runs:
+        row = {k: run.get(k) for k in ("run_id", "model", "attention", "kernel", "seq_len", "batch_size",
+                                       "repeat", "status", "reason")}
+        meas = batches[(batches["run_id"] == run["run_id"]) & (batches["phase"] == "measure")] \
+            if len(batches) else pd.DataFrame()
+        row["n_measured"] = len(meas)
+        for m in METRICS:
+            vals = meas[m.column].tolist() if m.column in meas else []
+            if m.agg == "last":
+                row[m.column] = float(vals[-1]) if vals else math.nan
+                row[f"{m.column}_lo"] = row[f"{m.column}_hi"] = row[m.column]
+            else:
+                row[m.column], row[f"{m.column}_lo"], row[f"{m.column}_hi"] = median_interval(vals)
+        for k in ("energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "wall_s"):
+            row[k] = run.get(k, math.nan)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def assert_catalogued(columns) -> None:
+    """Every metric column written must be in the catalog (its unit comes from there)."""
+    missing = [c for c in columns if c not in BY_COLUMN and c not in ID_COLUMNS + FLAG_COLUMNS]
+    if missing:
+        raise AssertionError(f"columns not in metrics/catalog.py: {missing}")

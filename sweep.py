@@ -1,0 +1,238 @@
+"""A sweep: the plan of runs, each run in a fresh process, results that survive anything.
+
+plan(cfg) orders runs models x seq_lens x attentions, repeated in interleaved order (A B C A B C)
+so slow drift of the machine (clocks, thermals) does not favour one attention. Each run is a
+child process (train.py) whose exit is recorded: ok, oom, nan, unavailable, timeout, error.
+After each run its rows land atomically (results.py) and the manifest says what is done, so
+`--resume DIR` reruns only runs that never finished and nothing is duplicated.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import results
+from config import Config
+
+ROOT = Path(__file__).resolve().parent
+
+
+def plan(cfg: Config) -> list[dict]:
+    runs = []
+    for repeat in range(cfg.repeats):
+        for m in cfg.models:
+            for t in cfg.seq_lens:
+                for a in cfg.attention_list():
+                    runs.append(dict(model=m, attention=a, seq_len=t, batch_size=cfg.batch_size_for(t),
+                                     repeat=repeat, status="pending", reason=""))
+    for i, r in enumerate(runs):
+        r["run_id"] = f"{i:03d}_{r['model']}_{r['attention']}_T{r['seq_len']}_r{r['repeat']}"
+    return runs
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    """Python, torch, transformers, CUDA, driver, GPU, power limit, CPU, memory: recorded with results."""
+    import psutil
+    import torch
+    import transformers
+    env = dict(python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+               platform=platform.platform(), hostname=platform.node(), cpu=platform.processor() or platform.machine(),
+               cpu_count=os.cpu_count(), memory_gb=psutil.virtual_memory().total / 1e9,
+               cuda=torch.version.cuda, gpu_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+               gpu=None, driver=None, power_limit_w=None)
+    if env["gpu_count"]:
+        env["gpu"] = torch.cuda.get_device_name(0)
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
+            env["power_limit_w"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1e3
+        except Exception as e:  # NVML missing: say so, never crash
+            env["nvml_error"] = f"{type(e).__name__}: {e}"
+    return env
+
+
+def device_label(env: dict) -> str:
+    if not env.get("gpu"):
+        return "cpu"
+    name = env["gpu"].lower().replace("nvidia", "").strip()
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-").split("-")[0] or "gpu"
+
+
+def _die_with_parent():  # a child must not outlive a killed sweep (Linux PR_SET_PDEATHSIG)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class Sweep:
+    def __init__(self, folder: Path, cfg: Config, manifest: dict, log=print):
+        self.folder, self.cfg, self.manifest, self.log = folder, cfg, manifest, log
+        self.runs = manifest["runs"]
+
+    @classmethod
+    def create(cls, cfg: Config, log=print) -> "Sweep":
+        root = results.check_writable(cfg.out)
+        env = environment()
+        folder = results.new_folder(root, device_label(env), cfg.preset)
+        manifest = dict(preset=cfg.preset, created=datetime.now().isoformat(timespec="seconds"), finished=None,
+                        config=cfg.to_dict(), environment=env, git_commit=_git_commit(), runs=plan(cfg),
+                        data={}, metrics={}, command=" ".join(sys.argv))
+        if not cfg.offline or cfg.init == "pretrained":
+            manifest["data_note"] = "hub data/weights"
+        results.write_json(folder / "manifest.json", manifest)
+        return cls(folder, cfg, manifest, log)
+
+    @classmethod
+    def resume(cls, folder: str | Path, log=print) -> "Sweep":
+        from errors import UserError
+        folder = Path(folder)
+        path = folder / "manifest.json"
+        if not path.exists():
+            raise UserError(f"cannot resume {folder}: no manifest.json there (is it a results folder?)")
+        manifest = json.loads(path.read_text())
+        cfg = Config(**manifest["config"])
+        sweep = cls(folder, cfg, manifest, log)
+        done = {r["run_id"] for r in sweep.runs if r["status"] in results.FINAL}
+        for name in ("batches.csv", "samples.csv"):  # rows of a run cut off between writes
+            df = results.read_csv(folder / name)
+            if len(df) and not df["run_id"].isin(done).all():
+                results.write_csv(folder / name, df[df["run_id"].isin(done)])
+        for r in sweep.runs:
+            if r["status"] not in results.FINAL:
+                r["status"] = "pending"
+        manifest.setdefault("resumed", []).append(datetime.now().isoformat(timespec="seconds"))
+        return sweep
+
+    def save_data(self, batches: dict) -> None:
+        """Tokenized batches, made once by the parent, read by every child before its timed loop."""
+        import torch
+        tmp = self.folder / ".runs"
+        tmp.mkdir(exist_ok=True)
+        for (t, b), (bat, stats) in batches.items():
+            torch.save({"batches": bat, "stats": stats}, tmp / f"data_T{t}_B{b}.pt")
+            self.manifest["data"] = stats
+
+    def pending(self) -> list[dict]:
+        return [r for r in self.runs if r["status"] not in results.FINAL]
+
+    def run_all(self) -> None:
+        todo = self.pending()
+        skipped = len(self.runs) - len(todo)
+        if skipped:
+            self.log(f"resuming: {skipped} of {len(self.runs)} runs already done, {len(todo)} to go")
+        try:
+            for i, run in enumerate(todo, 1):
+                self._run_one(run, f"[{skipped + i}/{len(self.runs)}]")
+        except KeyboardInterrupt:
+            self.save()
+            self.log(f"\ninterrupted: finished runs are saved in {self.folder}\n"
+                     f"resume with: python main.py --resume {self.folder}")
+            raise
+        self.manifest["finished"] = datetime.now().isoformat(timespec="seconds")
+        self.save()
+
+    def _run_one(self, run: dict, tag: str) -> None:
+        self.log(f"{tag} {run['model']} {run['attention']} seq_len={run['seq_len']} "
+                 f"batch={run['batch_size']} repeat={run['repeat']}", flush=True)
+        run["status"] = "running"
+        self.save()
+        t0 = time.perf_counter()
+        res = self._child(run)
+        run["wall_s"] = time.perf_counter() - t0
+        run.update(status=res["status"], reason=res.get("reason", ""))
+        if res.get("traceback"):
+            run["traceback"] = res["traceback"]
+        info = res.get("info") or {}
+        for k in ("kernel", "energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s",
+                  "attention_params", "dtype", "flops_per_step", "palm_flops_per_token", "peak_tflops"):
+            if k in info:
+                run[k] = info[k]
+        if info.get("data"):
+            self.manifest["data"] = info["data"]
+        if info.get("metrics"):
+            self.manifest["metrics"] = info["metrics"]
+        self._land(run, res)
+        self.log(self._result_line(run, res), flush=True)
+
+    def _child(self, run: dict) -> dict:
+        """Run in a fresh process; its exit, timeout or death becomes a status."""
+        tmp = self.folder / ".runs"
+        tmp.mkdir(exist_ok=True)
+        spec, out = tmp / f"{run['run_id']}.spec.json", tmp / f"{run['run_id']}.result.json"
+        out.unlink(missing_ok=True)
+        data = tmp / f"data_T{run['seq_len']}_B{run['batch_size']}.pt"
+        results.write_json(spec, dict(config=self.cfg.to_dict(), run=run,
+                                      data=str(data) if data.exists() else None))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if self.cfg.offline:
+            env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), str(spec), str(out)], env=env,
+                                preexec_fn=_die_with_parent)
+        try:
+            rc = proc.wait(timeout=self.cfg.timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return dict(status="timeout", reason=f"no result within {self.cfg.timeout_s} s")
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            run["status"] = "pending"
+            raise
+        if out.exists():
+            res = json.loads(out.read_text())
+            out.unlink()
+            spec.unlink(missing_ok=True)
+            return res
+        why = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
+        return dict(status="error", reason=f"run process died without a result ({why})")
+
+    def _land(self, run: dict, res: dict) -> None:
+        """Rows, samples, summary and manifest: each rewritten atomically, in that order."""
+        rows = res.get("rows") or []
+        batches = results.append_rows(self.folder / "batches.csv", rows, results.BATCH_COLUMNS,
+                                      drop_run_ids=[run["run_id"]])
+        samples = [dict(run_id=run["run_id"], **s) for s in res.get("samples") or []]
+        if samples:
+            results.append_rows(self.folder / "samples.csv", samples, drop_run_ids=[run["run_id"]])
+        done = [r for r in self.runs if r["status"] in results.FINAL]
+        results.write_csv(self.folder / "summary.csv", results.summarize(batches, done))
+        self.save()
+
+    def save(self) -> None:
+        results.write_json(self.folder / "manifest.json", self.manifest)
+
+    @staticmethod
+    def _result_line(run: dict, res: dict) -> str:
+        rows = [r for r in res.get("rows") or [] if r["phase"] == "measure"]
+        if run["status"] != "ok" or not rows:
+            return f"    -> {run['status']}: {run['reason']}"
+        med = results.median_interval
+        t = med([r["train_time_s"] for r in rows])[0]
+        tps = med([r["tokens_per_s"] for r in rows])[0]
+        loss = rows[-1]["loss"]
+        return (f"    -> ok in {run['wall_s']:.1f} s: {t * 1e3:.1f} ms/step, {tps:,.0f} tokens/s, "
+                f"loss {loss:.3f}, kernel {run.get('kernel', '?')}")

@@ -1,0 +1,104 @@
+"""Bad input: a clear message naming the problem, exit code 2, nothing written."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import config
+import main
+from conftest import ROOT
+from errors import UserError
+
+
+def _run_main(argv, capsys):
+    code = main.main(argv)
+    return code, capsys.readouterr().err
+
+
+BAD = [
+    (["--preset", "smok"], "unknown preset 'smok'", "smoke"),
+    (["--preset", "smoke", "--model", "gpt3"], "unknown model 'gpt3'", "gpt2"),
+    (["--preset", "smoke", "--attention", "sdpaa"], "unknown attention 'sdpaa'", "sdpa"),
+    (["--preset", "smoke", "--batch-size", "0"], "batch_size", None),
+    (["--preset", "smoke", "--steps", "-1"], "batches_per_epoch", None),
+    (["--preset", "smoke", "--epochs", "0"], "epochs", None),
+    (["--preset", "smoke", "--seq-len", "1"], "seq_lens", None),
+    (["--preset", "smoke", "--seq-len", "abc"], "integers", None),
+    (["--preset", "smoke", "--model", "gpt2", "--init", "pretrained", "--seq-len", "2048"], "1024 positions", None),
+    (["--preset", "smoke", "--warmup", "4"], "warmup_steps", None),
+    (["--preset", "smoke", "--device", "tpu"], "unknown device", None),
+    (["--preset", "smoke", "--dtype", "bf16"], "dtype bf16 is for GPUs", None),
+]
+
+
+@pytest.mark.parametrize("argv,message,suggestion", BAD)
+def test_bad_input_exit_2_and_nothing_written(argv, message, suggestion, tmp_path, capsys):
+    out = tmp_path / "results"
+    code, err = _run_main(argv + ["--out", str(out)], capsys)
+    assert code == 2
+    assert message in err
+    if suggestion:
+        assert f"Did you mean '{suggestion}'" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_empty_and_missing_dataset(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": []}) + "\n" + json.dumps({"id": 3}) + "\n")
+    for path in (empty, bad, tmp_path / "missing.jsonl"):
+        out = tmp_path / f"out_{path.stem}"
+        code, err = _run_main(["--preset", "smoke", "--dataset", str(path), "--out", str(out)], capsys)
+        assert code == 2, err
+        assert path.name in err
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_results_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the results folder should be
+    code, err = _run_main(["--preset", "smoke", "--out", str(blocker / "sub")], capsys)
+    assert code == 2 and "not writable" in err
+
+
+def test_drive_not_mounted(capsys):
+    code, err = _run_main(["--preset", "smoke", "--out", "/content/drive/MyDrive/ab"], capsys)
+    assert code == 2 and "Drive is not mounted" in err
+
+
+def test_resume_missing_folder(tmp_path, capsys):
+    code, err = _run_main(["--resume", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "no manifest.json" in err
+
+
+def test_real_process_exit_code():
+    p = subprocess.run([sys.executable, "main.py", "--preset", "nope"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2
+    assert "unknown preset 'nope'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_overrides_map_to_config():
+    args = main.parser().parse_args(["--preset", "smoke", "--attention", "single", "--seq-len", "64,128",
+                                     "--steps", "3", "--epochs", "1", "--warmup", "1", "--batch-size", "4"])
+    cfg = main.config_from_args(args)
+    assert cfg.attentions == ["baseline", "flash"]
+    assert cfg.seq_lens == [64, 128] and cfg.batch_size == 4
+    assert cfg.steps == 3 and cfg.measured_steps == 2
+
+
+def test_full_test_preset_measures_more_than_fast_test():
+    fast, full = config.get_preset("fast_test"), config.get_preset("full_test")
+    assert full.measured_steps > fast.measured_steps >= 1
+    for name in config.PRESETS:
+        config.validate(config.get_preset(name))
+
+
+def test_validation_names_the_field():
+    cfg = config.get_preset("smoke")
+    cfg.lr = 0
+    with pytest.raises(UserError, match="lr"):
+        config.validate(cfg)

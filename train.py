@@ -1,0 +1,242 @@
+"""One run: warm-up steps, then measured steps, a row of metrics per training batch.
+
+Also the worker entry point: `python train.py SPEC.json RESULT.json` runs one configuration in a
+fresh process (main.py starts one per run), so allocator state, compile caches, peak-memory
+counters and NVML baselines never leak from one attention into the next. The result file is
+written atomically with a status: ok, oom, nan, unavailable or error (+ traceback tail).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+import attentions
+import data
+import model as models
+from config import Config
+from metrics.flops import palm_flops_per_token, train_step_flops
+from metrics.meter import Meter
+from metrics.peak import peak_tflops
+from metrics.system import model_size_mb
+
+
+class Unavailable(Exception):
+    """The mechanism cannot run on this device (reason in the message)."""
+
+
+class NonFiniteLoss(Exception):
+    """Loss became NaN or inf: the run stops at once."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise Unavailable(f"device {name} requested but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def _inject_fault(attention: str, step: int, loss):
+    """Test hook: AB_FAULT="sdpa=raise,linear=nan,lsh=oom,flex=sleep" makes faults on purpose."""
+    faults = dict(f.split("=") for f in os.environ.get("AB_FAULT", "").split(",") if "=" in f)
+    kind = faults.get(attention)
+    if kind == "raise":
+        raise RuntimeError(f"injected fault in {attention}")
+    if kind == "oom" and step >= 1:
+        raise torch.OutOfMemoryError("CUDA out of memory. (injected)")
+    if kind == "sleep":
+        time.sleep(float(os.environ.get("AB_FAULT_SLEEP_S", "0.5")))
+    if kind == "nan" and step >= 1:
+        return loss * math.nan
+    return loss
+
+
+class StepTimer:
+    """forward/backward/optimizer times: CUDA events on GPU (no sync inside the step), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def seconds(self, a, b) -> float:  # call after the step's synchronize
+        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
+
+
+def train_step(model, batch, opt, scaler, dtype, timer, attention, step):
+    autocast = torch.autocast(timer_device(timer), dtype=dtype, enabled=dtype != torch.float32)
+    t0 = timer.mark()
+    with autocast:
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     labels=batch["labels"]).loss
+    loss = _inject_fault(attention, step, loss)
+    t1 = timer.mark()
+    scaler.scale(loss).backward()
+    t2 = timer.mark()
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    t3 = timer.mark()
+    return loss.detach(), (t0, t1, t2, t3)
+
+
+def timer_device(timer) -> str:
+    return "cuda" if timer.cuda else "cpu"
+
+
+@torch.no_grad()
+def inference_time(model, batch, dtype, device) -> float:
+    """A no-grad forward of the same batch, timed on its own (outside the training step)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    sync()
+    return time.perf_counter() - t
+
+
+def prepare(cfg: Config, run: dict, device: torch.device):
+    """Everything before the timed loop: data on the device, model, optimizer, FLOP counts."""
+    spec = attentions.get(run["attention"])
+    reason = spec.unavailable_reason(device)
+    if reason:
+        raise Unavailable(reason)
+    dtype, needs_scaler = models.pick_dtype(cfg.dtype, device)
+    T, B = run["seq_len"], run["batch_size"]
+    if run.get("data"):  # made once by the sweep's parent process
+        saved = torch.load(run["data"])
+        batches, data_stats = saved["batches"], saved["stats"]
+    else:
+        batches, data_stats = data.make_batches(cfg, data.get_tokenizer(cfg.offline), T, B, cfg.batches_per_epoch)
+    real = [int(b["attention_mask"].sum()) for b in batches]  # counted on the host, before the loop
+    batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+    model, params = models.build(run["model"], run["attention"], T, cfg.init,
+                                 cfg.attention_params.get(run["attention"]), cfg.seed)
+    model.to(device).train()
+    c = model.config
+    H, D = c.n_head, c.n_embd // c.n_head
+    kernel = spec.kernel(device, params, dtype=dtype, shape=(B, H, T, D))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
+    flops = train_step_flops(c, B, T, spec.flops(B, H, T, D, params), kv_heads=params.get("kv_heads"))
+    palm = palm_flops_per_token(models.n_params(model, non_embedding=True), c.n_layer, H, D, T)
+    step_model = torch.compile(model) if cfg.compile else model
+    return dict(spec=spec, dtype=dtype, batches=batches, real=real, data_stats=data_stats, model=model,
+                step_model=step_model, params=params, kernel=kernel, opt=opt, scaler=scaler,
+                flops=flops["total"], palm=palm, peak=peak_tflops(device, dtype),
+                size_mb=model_size_mb(model))
+
+
+def run(cfg: Config, run: dict, log=print) -> dict:
+    """Train one configuration; returns {"rows", "info", "samples"}. Raises on failure."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    p = prepare(cfg, run, device)
+    timer, rows = StepTimer(device), []
+    meter = Meter(device, interval_s=cfg.sample_interval_s)
+    meter.start()
+    try:
+        rows, energy = _loop(cfg, run, p, device, timer, meter, log)
+    finally:
+        meter.stop()
+    measured = [r for r in rows if r["phase"] == "measure"]
+    tokens = sum(r["tokens"] for r in measured)
+    first = rows[0]["train_time_s"]
+    later = sorted(r["train_time_s"] for r in rows[1:]) or [first]
+    info = dict(kernel=p["kernel"], attention_params=p["params"], dtype=str(p["dtype"]).replace("torch.", ""),
+                device=str(device), data=p["data_stats"], energy_j_run=energy,
+                joules_per_token_run=energy / tokens if tokens else math.nan,
+                compile_time_s=(first - later[len(later) // 2]) if cfg.compile else math.nan,
+                flops_per_step=p["flops"], palm_flops_per_token=p["palm"], peak_tflops=p["peak"],
+                metrics=meter.info())
+    info["idle_power_w"] = info["metrics"].get("idle_power_w", math.nan)
+    return {"rows": rows, "info": info, "samples": meter.samples()}
+
+
+def _loop(cfg, run, p, device, timer, meter, log):
+    rows, n, e0 = [], len(p["batches"]), math.nan
+    total = n * cfg.epochs
+    every = max(1, total // 5)
+    for epoch in range(cfg.epochs):
+        for b, batch in enumerate(p["batches"]):
+            step = epoch * n + b
+            phase = "warmup" if step < cfg.warmup_steps else "measure"
+            if step == cfg.warmup_steps:
+                e0 = meter.energy_counter_j()
+            with meter.step() as m:
+                loss, marks = train_step(p["step_model"], batch, p["opt"], p["scaler"], p["dtype"], timer,
+                                         run["attention"], step)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()  # closes the step's measurement window
+            loss = float(loss)
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(f"loss is {loss} at step {step}")
+            rows.append(_row(run, p, epoch, b, step, phase, loss, marks, timer, m, batch))
+            if (step + 1) % every == 0 or step + 1 == total:
+                r = rows[-1]
+                log(f"    step {step + 1}/{total} [{phase}] loss {loss:.3f}  {r['train_time_s']:.3f} s  "
+                    f"{r['tokens_per_s']:,.0f} tokens/s", flush=True)
+    energy = meter.energy_counter_j() - e0  # the measured training phase, nothing else in between
+    for row in rows:  # inference timed after training so it never sits inside the energy window
+        row["inference_time_s"] = inference_time(p["step_model"], p["batches"][row["batch"]], p["dtype"],
+                                                 device) if cfg.measure_inference else math.nan
+    return rows, energy
+
+
+def _row(run, p, epoch, b, step, phase, loss, marks, timer, m, batch):
+    t0, t1, t2, t3 = marks
+    fwd, bwd, opt, train = (timer.seconds(t0, t1), timer.seconds(t1, t2), timer.seconds(t2, t3),
+                            timer.seconds(t0, t3))
+    tokens = batch["input_ids"].numel()
+    tps = tokens / train
+    tflops = p["flops"] / train / 1e12
+    energy = m.get("energy_j", math.nan)
+    row = dict(run_id=run["run_id"], model=run["model"], attention=run["attention"], kernel=p["kernel"],
+               seq_len=run["seq_len"], batch_size=run["batch_size"], repeat=run.get("repeat", 0),
+               epoch=epoch, batch=b, step=step, phase=phase, flops=p["flops"], loss=loss,
+               inference_time_s=math.nan, model_size_mb=p["size_mb"], train_time_s=train,
+               forward_time_s=fwd, backward_time_s=bwd, optimizer_time_s=opt, tokens=tokens,
+               real_tokens=p["real"][b], tokens_per_s=tps, tflops_per_s=tflops,
+               mfu=p["palm"] * tps / (p["peak"] * 1e12), energy_j=energy,
+               joules_per_token=energy / tokens)
+    row.update({k: v for k, v in m.items() if k not in row})
+    return row
+
+
+def main(spec_path: str, out_path: str) -> int:
+    """Worker: run one configuration, write {status, reason, ...} atomically to out_path."""
+    from transformers.utils import logging as hf_logging
+    from results import write_json
+    hf_logging.set_verbosity_error()
+    spec = json.load(open(spec_path))
+    cfg, run_ = Config(**spec["config"]), dict(spec["run"], data=spec.get("data"))
+    result = {"status": "error", "reason": "", "rows": [], "info": {}, "samples": []}
+    try:
+        result.update(run(cfg, run_), status="ok")
+    except Unavailable as e:
+        result.update(status="unavailable", reason=str(e))
+    except torch.OutOfMemoryError as e:
+        result.update(status="oom", reason=str(e).splitlines()[0][:300])
+    except NonFiniteLoss as e:
+        result.update(status="nan", reason=str(e))
+    except Exception as e:  # any other failure is a result too; the sweep goes on
+        tb = traceback.format_exc().strip().splitlines()
+        result.update(status="error", reason=f"{type(e).__name__}: {e}"[:500], traceback="\n".join(tb[-12:]))
+    write_json(out_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2]))
