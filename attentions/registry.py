@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from errors import unknown
+from errors import UserError, unknown
 
 
 def _no_reason(device: torch.device) -> str | None:
@@ -35,8 +35,9 @@ class AttentionSpec:
     # counting only the query/key pairs the mechanism computes: flops(B, H, T, D, params) -> float.
     flops: Callable[..., float]
     params: dict = field(default_factory=dict)
-    # kernel(device, params) -> the name of the kernel that runs (recorded with every run).
-    kernel: Callable[..., str] = lambda device, params: "unknown"
+    # kernel(device, params, dtype=None, shape=None) -> the name of the kernel that runs, recorded
+    # with every run; shape = (B, H, T, D) of the query. Called once per run, may probe the device.
+    kernel: Callable[..., str] = lambda device, params, dtype=None, shape=None: "unknown"
     # unavailable_reason(device) -> None if it can run here, else why not.
     unavailable_reason: Callable[[torch.device], str | None] = _no_reason
     # prepare_model(model, params, init) changes the model before training (gqa: fewer K/V heads).
@@ -91,6 +92,10 @@ def get(name: str) -> AttentionSpec:
 def install(model, name: str, params: dict | None = None, init: str = "random") -> dict:
     """Switch `model` (a GPT2LMHeadModel) to attention `name`. Returns the effective parameters."""
     spec = get(name)
+    unknown_keys = set(params or {}) - set(spec.params)
+    if unknown_keys:  # a misspelt parameter would otherwise be ignored silently
+        raise UserError(f"attention '{name}' has no parameter(s) {sorted(unknown_keys)}; "
+                        f"its parameters: {sorted(spec.params) or 'none'}")
     merged = {**spec.params, **(params or {})}
     if spec.prepare_model is not None:
         spec.prepare_model(model, merged, init)
@@ -99,7 +104,7 @@ def install(model, name: str, params: dict | None = None, init: str = "random") 
     # Mechanisms read their parameters from the attention module: module.bench_params.
     for module in model.modules():
         if module.__class__.__name__ == "GPT2Attention":
-            module.bench_params = merged
+            module.bench_params = dict(merged)  # a copy each: a mechanism may not change another layer's
     return merged
 
 
