@@ -1,0 +1,91 @@
+"""What for_colab.ipynb's cells need besides reading results: notebook display, the machine's
+description and which attentions it can run (cell 2), and main.py run as a child process with its
+output streamed (cell 4). report.py re-exports these, so the notebook imports report alone.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from errors import UserError
+
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None     # a Jupyter/Colab kernel, not a terminal
+
+
+def display(table: pd.DataFrame | None = None, images=()) -> None:
+    """A table and PNGs: rendered in a notebook, printed (paths for images) elsewhere."""
+    if in_notebook():
+        from IPython.display import Image
+        from IPython.display import display as show
+        if table is not None:
+            show(table)
+        for p in images:
+            show(Image(filename=str(p)))
+        return
+    if table is not None:
+        with pd.option_context("display.width", 200, "display.max_columns", None):
+            print(table.to_string(index=False))
+    for p in images:
+        print(f"  plot: {p}")
+
+
+def system_info(root="results", verbose: bool = True) -> dict:
+    """What this machine is and which of the nine attentions it can run, and why not (notebook cell 2)."""
+    import shutil
+
+    import torch
+
+    from attentions import ORDER, get, names
+    from sweep import environment          # the same fields every manifest records
+    info = environment()
+    dev = torch.device("cuda" if info["gpu_count"] else "cpu")
+    if info["gpu_count"]:
+        props = torch.cuda.get_device_properties(0)
+        info |= {"gpu_memory_gb": round(props.total_memory / 1e9, 1),
+                 "compute_capability": f"{props.major}.{props.minor}"}
+    info["memory_gb"] = round(info["memory_gb"], 1)
+    disk = next(p for p in [Path(root).resolve(), *Path(root).resolve().parents] if p.exists())
+    info["disk_free_gb"] = round(shutil.disk_usage(disk).free / 1e9, 1)
+    info["attentions"] = {}
+    for name in ORDER + [n for n in names() if n not in ORDER]:
+        try:
+            spec = get(name)
+            why = spec.unavailable_reason(dev)
+            info["attentions"][name] = f"no: {why}" if why else f"yes, kernel {spec.kernel(dev, spec.params)}"
+        except UserError:
+            info["attentions"][name] = "no: not in this checkout of attentions/"
+    if verbose:
+        for k, v in info.items():
+            if k != "attentions":
+                print(f"{k:>20}: {'none' if v is None else v}")
+        print(f"\nattentions on this machine ({dev}):")
+        for name, can in info["attentions"].items():
+            print(f"{name:>20}: {can}")
+    return info
+
+
+def run_main(*args) -> None:
+    """Run `python main.py ARGS` in a child process (the notebook's cell 4) and stream its output as it
+    comes, bytes as they are, so tqdm's carriage-return redraws update one line in a notebook."""
+    import codecs
+    import subprocess
+    here = Path(__file__).resolve().parent
+    cmd = [sys.executable, "-u", str(here / "main.py"), *map(str, args)]
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, cwd=here, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")   # a chunk may split a character
+    while chunk := proc.stdout.read1(4096):
+        sys.stdout.write(text.decode(chunk))
+        sys.stdout.flush()
+    if proc.wait() != 0:
+        raise RuntimeError(f"main.py exited with code {proc.returncode}; its message is above")

@@ -1,0 +1,269 @@
+"""report.py and plots.py on fabricated results folders (tests/fake_results.py): folder listing,
+loading and its errors, the summary table, every plot file, bar heights read back from the
+figure, OOM marks, ratios of a comparison against hand-computed ones, report.md's links, and
+the friendly first visit of show().
+"""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_rgba
+
+import plots
+import report
+from errors import UserError
+from fake_results import make_results
+from metrics.catalog import METRICS, label
+
+ATTS = ("baseline", "sdpa", "linear")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    make_results(root, stamp="20250101-120000")     # 2 models x 3 attentions, gpt2-medium baseline OOM
+    make_results(root, stamp="20250102-120000", preset="sweep", models=("gpt2",), attentions=ATTS,
+                 seq_lens=(256, 512, 1024), oom=(("gpt2", "baseline", 1024),), repeats=2, seed=1)
+    make_results(root, stamp="20250103-120000", device="cpu", preset="smoke", models=("tiny",),
+                 attentions=("baseline", "sdpa"), seq_lens=(128,), oom=())
+    (root / "notes").mkdir()                         # not a result: no manifest.json
+    return root
+
+
+@pytest.fixture(scope="module")
+def drawn(root):
+    """{folder name: (PNG paths, figures)}: the 2-model folder saved to PNG (once: drawing is slow),
+    the others' figures only built."""
+    out = {}
+    for f in report.list_results(root):
+        if f.name.endswith("fixture"):
+            out[f.name] = report.make_plots(f, return_figures=True)
+        else:
+            r = report.load(f)
+            out[f.name] = (None, plots.all_figures(r.summary, r.batches, r.context))
+    return out
+
+
+def folder(root, stamp):
+    return next(f for f in report.list_results(root) if f.name.startswith(stamp))
+
+
+def test_list_results_newest_first_and_latest(root):
+    names = [f.name for f in report.list_results(root)]
+    assert names == ["20250103-120000_cpu_smoke", "20250102-120000_cuda_sweep", "20250101-120000_cuda_fixture"]
+    assert report.latest(root).name == names[0]
+    assert report.latest(root, 2).name == names[1]
+    assert report.latest(root, 3).name == names[2]
+
+
+@pytest.mark.parametrize("n", [4, 0, -1])
+def test_latest_n_out_of_range(root, n):
+    with pytest.raises(UserError, match="holds 3 result"):
+        report.latest(root, n)
+
+
+def test_missing_or_empty_root(tmp_path):
+    with pytest.raises(UserError, match="nowhere"):
+        report.latest(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="no results"):
+        report.latest(tmp_path)
+
+
+def test_load(root):
+    r = report.load(folder(root, "20250101"))
+    assert r.manifest["preset"] == "fixture"
+    assert len(r.summary) == 6 and set(r.summary.status) == {"ok", "oom"}
+    assert len(r.batches) == 5 * 6                   # 5 ok runs x 6 steps; the OOM run has no rows
+    assert r.samples is not None and "gpu_power_w" in r.samples
+    assert r.summary.seq_len.dtype.kind == "i"
+
+
+def test_load_errors_name_the_file(root, tmp_path):
+    with pytest.raises(UserError, match="gone"):
+        report.load(tmp_path / "gone")
+    bad = shutil.copytree(folder(root, "20250101"), tmp_path / "bad")
+    (bad / "batches.csv").unlink()
+    with pytest.raises(UserError, match="batches.csv"):       # a summary without its batches
+        report.load(bad)
+    (bad / "batches.csv").write_text("")
+    (bad / "summary.csv").write_text("run_id,model\n1,2,3,4\n")
+    with pytest.raises(UserError, match="summary.csv"):
+        report.load(bad)
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(UserError, match="manifest.json"):
+        report.load(bad)
+    (bad / "manifest.json").unlink()
+    with pytest.raises(UserError, match="manifest.json"):
+        report.load(bad)
+
+
+def test_sweep_stopped_before_its_first_run_ended(root, tmp_path, capsys):
+    """Only manifest.json: the plan is shown as pending runs, with how to resume; nothing is drawn."""
+    f = tmp_path / "20250109-120000_cuda_fixture"
+    f.mkdir()
+    m = json.loads((folder(root, "20250101") / "manifest.json").read_text())
+    m["finished"] = None
+    for run in m["runs"]:
+        run["status"] = "pending"
+    (f / "manifest.json").write_text(json.dumps(m))
+    r = report.load(f)
+    assert len(r.summary) == 6 and set(report.summary_table(r).status) == {"pending"}
+    assert report.make_plots(f) == []
+    report.show(1, tmp_path)
+    out = capsys.readouterr().out
+    assert "6 pending" in out and "--resume" in out
+
+
+def test_summary_table(root):
+    r = report.load(folder(root, "20250101"))
+    t = report.summary_table(r)
+    assert len(t) == 6
+    assert {"model", "attention", "kernel", "seq_len", "status", label("train_time_s"), label("gpu_power_w")} <= set(t)
+    assert label("mfu") not in t                     # measured by no run: left out, listed by not_measured
+    oom = t[(t.model == "gpt2-medium") & (t.attention == "baseline")]
+    assert oom.status.item() == "oom" and np.isnan(oom[label("train_time_s")].item())
+    s = r.summary.set_index(["model", "attention"])
+    for row in t[t.status == "ok"].itertuples(index=False):
+        want = s.loc[(row.model, row.attention), "train_time_s"]
+        assert row[list(t.columns).index(label("train_time_s"))] == pytest.approx(want, rel=1e-3)
+    assert list(t.attention[:3]) == list(ATTS)       # registry order, models in plan order
+
+
+def test_summary_table_lists_unfinished_runs(root, tmp_path):
+    f = shutil.copytree(folder(root, "20250101"), tmp_path / "r")
+    m = json.loads((f / "manifest.json").read_text())
+    m["runs"].append(dict(run_id="x", model="gpt2", attention="gqa", seq_len=512, batch_size=2, repeat=0,
+                          status="pending", reason=""))
+    (f / "manifest.json").write_text(json.dumps(m))
+    t = report.summary_table(report.load(f))
+    assert t[t.attention == "gqa"].status.item() == "pending"
+
+
+def expected_stems(r):
+    s = r.summary
+    cols = [m.column for m in METRICS if plots.measured(s, m.column)]
+    stems = {"overview", "loss_curves"} | {f"bar_{c}" for c in cols if c not in plots.NO_BARS}
+    stems |= {f"batches_{c}" for c in plots.LINES if c in cols}
+    if s.seq_len.nunique() > 1:
+        stems |= {f"scaling_{c}" for c in plots.SCALING if c in cols}
+    return stems
+
+
+def test_every_plot_file_exists(root, drawn):
+    f = folder(root, "20250101")
+    paths, figs = drawn[f.name]
+    assert {p.stem for p in paths} == set(figs) == expected_stems(report.load(f))
+    assert all(p.is_file() and p.stat().st_size > 10_000 for p in paths)
+    assert sorted(p.name for p in (f / "plots").glob("*.png")) == sorted(p.name for p in paths)
+    sweep = folder(root, "20250102")
+    assert set(drawn[sweep.name][1]) == expected_stems(report.load(sweep))
+    assert {"scaling_train_time_s", "scaling_gpu_memory_mb", "scaling_joules_per_token"} <= set(drawn[sweep.name][1])
+
+
+def test_not_measured_metrics_get_no_figure(root, drawn):
+    cpu = report.load(folder(root, "20250103"))
+    stems = set(drawn[cpu.folder.name][1])
+    assert "bar_gpu_power_w" not in stems and "batches_gpu_power_w" not in stems
+    assert "bar_train_time_s" in stems
+    missing = report.not_measured(cpu)
+    assert "NVML" in missing["gpu_power_w"] and "NVML" in missing["joules_per_token"]
+
+
+def bars(fig):
+    """{gid: (height, facecolor)} of every bar of a figure; gid = "model|seq_len|attention"."""
+    return {p.get_gid(): (p.get_height(), p.get_facecolor()) for ax in fig.axes for p in ax.patches
+            if p.get_gid()}
+
+
+def test_bar_heights_equal_summary_medians(root, drawn):
+    r = report.load(folder(root, "20250101"))
+    fig = drawn[r.folder.name][1]["bar_train_time_s"]
+    got = bars(fig)
+    ok = r.summary[r.summary.status == "ok"]
+    assert set(got) == {f"{x.model}|{x.seq_len}|{x.attention}" for x in ok.itertuples()}
+    for x in ok.itertuples():
+        height, face = got[f"{x.model}|{x.seq_len}|{x.attention}"]
+        assert height == pytest.approx(x.train_time_s, rel=1e-12)
+        assert face == to_rgba(plots.COLORS[x.attention])        # one fixed colour per attention
+    texts = [t.get_text().strip() for ax in fig.axes for t in ax.texts]
+    assert "OOM" in texts                                          # the failed run is marked, not a 0 bar
+
+
+def test_bar_heights_with_repeats_are_median_of_repeats(root, drawn):
+    r = report.load(folder(root, "20250102"))
+    got = bars(drawn[r.folder.name][1]["bar_loss"])
+    for (m, t, a), g in r.summary[r.summary.status == "ok"].groupby(["model", "seq_len", "attention"]):
+        assert got[f"{m}|{t}|{a}"][0] == pytest.approx(g.loss.median(), rel=1e-12)
+
+
+def test_scaling_plot_marks_oom(root, drawn):
+    fig = drawn["20250102-120000_cuda_sweep"][1]["scaling_train_time_s"]
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    xs = [line for line in ax.lines if line.get_marker() == "x"]
+    assert len(xs) == 1 and xs[0].get_xdata()[0] == 1024
+    assert to_rgba(xs[0].get_color()) == to_rgba(plots.COLORS["baseline"])
+
+
+def test_compare_ratios_equal_hand_computed(root, tmp_path, capsys):
+    a = folder(root, "20250101")
+    b = make_results(tmp_path, stamp="20250105-120000", seed=7)   # same plan, other noise
+    table = report.compare([a, b], out=tmp_path / "cmp", show=True)
+    sa = pd.read_csv(a / "summary.csv").set_index(["model", "attention"])
+    sb = pd.read_csv(b / "summary.csv").set_index(["model", "attention"])
+    ok = table[table.status == "ok"]
+    assert len(ok) == 5 and set(table.status) == {"ok", "oom/oom"}
+    assert list(table.model) == ["gpt2"] * 3 + ["gpt2-medium"] * 3 and list(table.attention[:3]) == list(ATTS)
+    for row in ok.to_dict("records"):
+        for col in ("train_time_s", "gpu_memory_mb", "loss"):
+            want = sb.loc[(row["model"], row["attention"]), col] / sa.loc[(row["model"], row["attention"]), col]
+            assert row[f"{col} B/A"] == pytest.approx(want, rel=1e-3)
+    assert (tmp_path / "cmp" / "ratio_B_over_A.png").is_file()
+    assert "A = fixture" in capsys.readouterr().out
+
+
+def test_compare_needs_something_in_common(root):
+    with pytest.raises(UserError, match="nothing to compare"):
+        report.compare([folder(root, "20250101"), folder(root, "20250103")], show=False)
+
+
+def test_compare_latest_two_or_say_why(root, tmp_path, capsys):
+    assert report.compare(None, tmp_path) is None
+    assert "needs two results" in capsys.readouterr().out
+
+
+def test_write_report_links_every_plot(root, drawn, tmp_path):
+    f = folder(root, "20250101")
+    md = report.write_report(f).read_text()
+    for p in drawn[f.name][0]:
+        assert f"](plots/{p.name})" in md
+    assert label("train_time_s") in md and "CUDA out of memory" in md and "mfu" in md
+
+
+
+def test_write_report_regenerates_from_the_csvs(root, tmp_path):
+    g = shutil.copytree(folder(root, "20250103"), tmp_path / "r")    # the small CPU one: no plots yet
+    md = report.write_report(g).read_text()
+    stems = {p.stem for p in (g / "plots").glob("*.png")}
+    assert stems == expected_stems(report.load(g))
+    assert md.count("](plots/") == len(stems) and "not measured" in md.lower()
+
+
+def test_show_first_visit_is_friendly(tmp_path, capsys):
+    report.show(1, tmp_path / "results")
+    report.show(1, tmp_path)
+    out = capsys.readouterr().out
+    assert out.count("no results yet: run cell 4") == 2
+
+
+def test_show_prints_without_redrawing(root, drawn, capsys):
+    f = report.latest(root, 3)
+    before = {p: p.stat().st_mtime_ns for p in (f / "plots").glob("*.png")}
+    assert before
+    report.show(3, root)
+    out = capsys.readouterr().out
+    assert f.name in out and label("train_time_s") in out and "not measured here: mfu" in out
+    assert "no result: gpt2-medium baseline seq_len 512: oom: CUDA out of memory" in out
+    assert {p: p.stat().st_mtime_ns for p in (f / "plots").glob("*.png")} == before
