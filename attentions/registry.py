@@ -58,11 +58,13 @@ ORDER = ["baseline", "sdpa", "flash", "flex", "flex_sparse", "sliding_window", "
 
 def padding_mask_2d(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
                     attention_mask=None, **kwargs):
-    """AttentionMaskInterface function for our mechanisms: the (B, T) bool padding mask or None."""
+    """AttentionMaskInterface function for our mechanisms: the (B, T) bool padding mask or None.
+
+    No `.all()` check here: it would sync the GPU and break torch.compile's graph at every forward.
+    train.py passes no mask at all for batches without padding (decided on the host, once)."""
     if attention_mask is None:
         return None
-    attention_mask = attention_mask[:, -kv_length:].bool()
-    return None if bool(attention_mask.all()) else attention_mask
+    return attention_mask[:, -kv_length:].bool()
 
 
 def register(spec: AttentionSpec) -> AttentionSpec:
