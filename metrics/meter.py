@@ -19,6 +19,7 @@ Anything unmeasurable is NaN and `info()["nan_reasons"][column]` says why.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import statistics
 import time
@@ -29,7 +30,7 @@ from metrics.system import ProcessReader, SeriesReader, step_values
 
 NAN = float("nan")
 ENERGY_MIN_WINDOW_S = 0.1  # NVML's energy counter updates about every 100 ms
-SERIES_FIELDS = NVML_FIELDS + ("cpu_percent", "memory_gb")
+SERIES_FIELDS = NVML_FIELDS + ("energy_counter_j", "cpu_percent", "memory_gb")
 TORCH_GPU_COLUMNS = ("gpu_memory_mb", "gpu_memory_reserved_mb")
 ROW_COLUMNS = ("cpu_percent", "memory_gb", "disk_read_mb", "disk_write_mb", "window_s") + \
     TORCH_GPU_COLUMNS + GPU_COLUMNS
@@ -55,6 +56,7 @@ class Meter:
         self.sampler = Sampler(self._read_series, SERIES_FIELDS, self.interval_s)
         self.idle_power_w = NAN
         self.t_start: float | None = None
+        self._windows: list = []  # (row, t0, t1) of steps whose sampled columns stop() completes
         if not self.cuda:
             why = "no CUDA in this torch/machine" if self.device.type == "cuda" else "no CUDA memory"
             for col in TORCH_GPU_COLUMNS:
@@ -75,8 +77,10 @@ class Meter:
             return None
 
     def _read_series(self) -> tuple:
+        # Every NVML call happens here, on the sampler thread: NVML reads can take milliseconds
+        # (a driver ioctl), which the training thread must never wait for.
         gpu = self.nvml.read() if self.nvml is not None else (NAN, NAN, NAN)
-        return gpu + self.series_reader.read()
+        return gpu + (self.energy_counter_j(),) + self.series_reader.read()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> "Meter":
@@ -99,7 +103,13 @@ class Meter:
         return statistics.median(good) if good else NAN
 
     def stop(self) -> None:
+        """Stop sampling, take one last sample, and complete every step's sampled columns: a
+        step's window is only fully covered by samples taken after it ended."""
         self.sampler.stop()
+        self.sampler.sample_once()
+        for row, t0, t1 in self._windows:
+            row.update(self._sampled(t0, t1))
+        self._windows.clear()
 
     def energy_counter_j(self) -> float:
         """NVML's cumulative energy counter now, in J (NaN without one)."""
@@ -119,34 +129,53 @@ class Meter:
             yield row
         finally:
             t1, cpu1 = time.perf_counter(), time.process_time()
-            e1 = self.energy_counter_j()
             c1 = self.process.counters()
             try:
-                row.update(self._row(t0, t1, cpu1 - cpu0, c0, c1, e1 - e0, reset_ok))
+                row.update(self._row(t0, t1, cpu1 - cpu0, c0, c1, reset_ok))
+                self._windows.append((row, t0, t1))  # sampled columns are completed at stop()
             except Exception as e:  # a metric must never end a run: every column NaN instead
                 self.nan_reasons.setdefault("row", f"{type(e).__name__}: {e}")
                 row.update({k: NAN for k in ROW_COLUMNS if k not in row},
                            samples_in_window=0, sample_fallback=False, energy_flag="nan")
 
-    def _row(self, t0, t1, cpu_s, c0, c1, energy_j, reset_ok) -> dict:
+    def _row(self, t0, t1, cpu_s, c0, c1, reset_ok) -> dict:
         window_s = t1 - t0
         row = step_values(window_s, cpu_s, c0, c1)
         row["window_s"] = window_s
         row.update(self._torch_peaks() if reset_ok else {c: NAN for c in TORCH_GPU_COLUMNS})
+        row.update(self._sampled(t0, t1))  # provisional: samples so far; final at stop()
+        return row
+
+    def _sampled(self, t0: float, t1: float) -> dict:
+        """Columns from the sampler's series: means/max inside the window, energy from the
+        cumulative counter interpolated at the window's edges."""
         samples, fallback = self.sampler.window(t0, t1)
         cols = list(zip(*samples)) if samples else [()] * len(SERIES_FIELDS)
         by_field = dict(zip(SERIES_FIELDS, cols))
-        row["gpu_power_w"] = mean(by_field["gpu_power_w"])
-        row["gpu_util_percent"] = mean(by_field["gpu_util_percent"])
-        row["gpu_memory_nvml_mb"] = maximum(by_field["gpu_memory_nvml_mb"])
-        row["samples_in_window"] = 0 if fallback else len(samples)
-        row["sample_fallback"] = fallback
-        row["energy_j"] = energy_j
+        energy_j = self._counter_at(t1) - self._counter_at(t0)
         if energy_j != energy_j:
-            row["energy_flag"] = "nan"
+            flag = "nan"
         else:
-            row["energy_flag"] = "ok" if window_s >= ENERGY_MIN_WINDOW_S else "short_window"
-        return row
+            flag = "ok" if t1 - t0 >= ENERGY_MIN_WINDOW_S else "short_window"
+        return {"gpu_power_w": mean(by_field["gpu_power_w"]),
+                "gpu_util_percent": mean(by_field["gpu_util_percent"]),
+                "gpu_memory_nvml_mb": maximum(by_field["gpu_memory_nvml_mb"]),
+                "samples_in_window": 0 if fallback else len(samples), "sample_fallback": fallback,
+                "energy_j": energy_j, "energy_flag": flag}
+
+    def _counter_at(self, t: float) -> float:
+        """The energy counter (J) at time t, linear between the samples around t; NaN if t is
+        not inside the sampled span (the counter cannot be extrapolated honestly)."""
+        times, values = self.sampler.series()
+        k = SERIES_FIELDS.index("energy_counter_j")
+        pts = [(ti, v[k]) for ti, v in zip(times, values) if v[k] == v[k]]
+        i = bisect.bisect_left([p[0] for p in pts], t)
+        if not pts or i == len(pts) or (i == 0 and pts[0][0] > t):
+            return NAN
+        if pts[i][0] == t or i == 0:
+            return pts[i][1]
+        (ta, ea), (tb, eb) = pts[i - 1], pts[i]
+        return ea + (eb - ea) * (t - ta) / (tb - ta)
 
     def _reset_torch_peak(self) -> bool:
         """Start a new peak for this step; False (the step's peaks are NaN) if that failed."""

@@ -126,7 +126,7 @@ class NvmlReader:
             except Exception:
                 pass
         try:  # the limit the board enforces now (may be below the default TDP)
-            self.power_limit_w = nv.nvmlDeviceGetEnforcedPowerManagementLimit(h) / 1000.0
+            self.power_limit_w = nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0
         except Exception:
             pass
 

@@ -168,7 +168,7 @@ def fake_pynvml(watts=250.0, util=73, used_bytes=1_234_500_000, energy_supported
     nv.nvmlDeviceGetIndex = lambda h: 0
     nv.nvmlDeviceGetName = lambda h: "Fake H200"
     nv.nvmlSystemGetDriverVersion = lambda: "999.1"
-    nv.nvmlDeviceGetEnforcedPowerManagementLimit = lambda h: 700_000
+    nv.nvmlDeviceGetEnforcedPowerLimit = lambda h: 700_000
     nv.nvmlDeviceGetPowerUsage = lambda h: int(watts * 1000)
     nv.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=util, memory=10)
     nv.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=used_bytes)
