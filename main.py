@@ -5,6 +5,10 @@
   python main.py --resume DIR          continue an interrupted sweep
   python main.py show [N]              print result N (1 = latest) without recomputing
   python main.py compare A B [...]     compare result folders side by side
+  python main.py ... --gpus all|0,1    independent runs side by side, one per GPU (scaleout.py)
+  python main.py ... --shard I/N       run 1/N of the plan (a job array's task); then:
+  python main.py merge DIR... [--out ROOT]   join shard folders into one results folder
+  torchrun --nproc_per_node N main.py ...    data-parallel (DDP) training (distributed.py)
 
 Bad input exits with code 2 and one line naming the problem, before anything is written.
 """
@@ -52,9 +56,13 @@ def parser() -> argparse.ArgumentParser:
     a("--device", help="auto, cpu, cuda or cuda:N")
     a("--dtype", help="auto, bf16, fp16 or fp32")
     a("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    a("--compile-scope", choices=["model", "blocks"], help="compile the whole model, or each block (regional)")
     a("--timeout", type=float, help="seconds per run before it is stopped (status timeout)")
     a("--out", help="results root folder (default results/)")
     a("--resume", metavar="DIR", help="continue the sweep in results folder DIR")
+    a("--gpus", help="run independent runs side by side, one per GPU: 'all' or indices such as 0,1")
+    a("--shard", metavar="I/N", help="run only shard I of N of the plan (run index %% N == I-1); "
+      "join the shard folders with 'main.py merge'")
     return p
 
 
@@ -70,7 +78,7 @@ def config_from_args(args) -> configs.Config:
     for field, value in (("batch_size", args.batch_size), ("batches_per_epoch", args.steps),
                          ("epochs", args.epochs), ("warmup_steps", args.warmup), ("repeats", args.repeats),
                          ("offline", args.offline), ("dataset", args.dataset), ("init", args.init), ("device", args.device),
-                         ("dtype", args.dtype), ("compile", args.compile), ("timeout_s", args.timeout),
+                         ("dtype", args.dtype), ("compile", args.compile), ("compile_scope", args.compile_scope), ("timeout_s", args.timeout),
                          ("out", args.out)):
         if value is not None:
             over[field] = value
@@ -98,8 +106,21 @@ def finish(folder) -> None:
     print(f"\nresults: {folder}\nreport:  {path}")
 
 
+def merge(argv: list[str]) -> int:
+    """main.py merge DIR... [--out ROOT]: shard folders -> one results folder, then its report."""
+    import scaleout
+    p = argparse.ArgumentParser(prog="main.py merge", description="join shard folders into one")
+    p.add_argument("folders", nargs="+", help="results folders of the shards of one sweep")
+    p.add_argument("--out", help="results root for the merged folder (default: next to the first shard)")
+    args = p.parse_args(argv)
+    finish(scaleout.merge(args.folders, args.out))
+    return 0
+
+
 def command(name: str, argv: list[str]) -> int:
     import report
+    if name == "merge":
+        return merge(argv)
     if name == "show":
         report.show(int(argv[0]) if argv else 1, root=argv[1] if len(argv) > 1 else "results")
     elif name == "compare":
@@ -109,18 +130,35 @@ def command(name: str, argv: list[str]) -> int:
     return 0
 
 
-def run_sweep(cfg: configs.Config | None, resume: str | None = None):
+def run_sweep(cfg: configs.Config | None, resume: str | None = None, shard=None, gpus: str | None = None):
+    import distributed
+    import scaleout
     from sweep import Sweep, plan
+    if resume and shard:
+        raise UserError("--shard is fixed when a sweep is created; --resume DIR continues that shard")
+    if distributed.launched():  # torchrun: every rank trains, rank 0 writes
+        if gpus:
+            scaleout.parse_gpus(gpus, "cuda")  # the error that says why not
+        return distributed.ddp_sweep(cfg, resume, shard, prepare_data, finish)
     if resume:
         sweep = Sweep.resume(resume)
         cfg = sweep.cfg
+        gpu_list = scaleout.parse_gpus(gpus, cfg.device) if gpus else None
         batches = prepare_data(cfg, sweep.pending())
     else:
-        batches = prepare_data(cfg, plan(cfg))
-        sweep = Sweep.create(cfg)
+        gpu_list = scaleout.parse_gpus(gpus, cfg.device) if gpus else None
+        runs = scaleout.select_shard(plan(cfg), shard)
+        if not runs:
+            print(f"shard {scaleout.shard_label(shard)} holds no run of this {len(plan(cfg))}-run plan: "
+                  "nothing to do")
+            return None
+        batches = prepare_data(cfg, runs)
+        sweep = Sweep.create(cfg, shard=shard)
     sweep.save_data(batches)
+    if gpu_list:
+        sweep.manifest["gpus"] = gpu_list
     print(f"attention-bench: preset {cfg.preset}, {len(sweep.runs)} runs -> {sweep.folder}", flush=True)
-    sweep.run_all()
+    sweep.run_all(gpus=gpu_list)
     finish(sweep.folder)
     return sweep
 
@@ -132,7 +170,9 @@ def main(argv=None) -> int:
             return command(argv[0], argv[1:])
         args = parser().parse_args(argv)
         cfg = None if args.resume else config_from_args(args)
-        run_sweep(cfg, args.resume)
+        from scaleout import parse_shard
+        shard = parse_shard(args.shard) if args.shard else None
+        run_sweep(cfg, args.resume, shard=shard, gpus=args.gpus)
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -74,7 +74,7 @@ def _read_csv(path: Path, required: bool = True) -> pd.DataFrame | None:
             raise UserError(f"{path}: missing; is this a finished attention-bench results folder?")
         return None
     try:
-        return pd.read_csv(path, dtype={"reason": str, "kernel": str})     # all-blank stays text
+        return pd.read_csv(path, dtype={"reason": str, "kernel": str}, keep_default_na=False, na_values=[""])     # all-blank stays text
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except (pd.errors.ParserError, UnicodeDecodeError) as e:

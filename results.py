@@ -19,6 +19,9 @@ import pandas as pd
 from errors import UserError
 from metrics.catalog import BY_COLUMN, ID_COLUMNS, METRICS, QUALITY_COLUMNS
 
+# Our CSVs write a missing number as an empty field; text such as the status "nan" (a run whose
+# loss went NaN) must stay text, so only empty fields read as NaN.
+CSV_READ = dict(keep_default_na=False, na_values=[""])
 FINAL = {"ok", "oom", "nan", "unavailable", "timeout", "error"}  # a run in any of these is done
 FLAG_COLUMNS = [m.column for m in QUALITY_COLUMNS]
 BATCH_COLUMNS = ID_COLUMNS + [m.column for m in METRICS] + FLAG_COLUMNS
@@ -49,7 +52,7 @@ def read_csv(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    return pd.read_csv(path)
+    return pd.read_csv(path, **CSV_READ)
 
 
 def check_writable(root: str | Path) -> Path:
@@ -83,6 +86,11 @@ def append_rows(path: Path, rows: list[dict], columns: list[str] | None = None,
     old = read_csv(path)
     if len(old) and drop_run_ids:
         old = old[~old["run_id"].isin(list(drop_run_ids))]
+    if not rows:  # a failed run adds nothing (concat with an empty frame would turn ints to floats)
+        if not len(old.columns):
+            old = pd.DataFrame(columns=columns or ["run_id"])
+        write_csv(path, old)
+        return old
     new = pd.DataFrame(rows)
     if columns:
         new = new.reindex(columns=columns + [c for c in new.columns if c not in columns])
@@ -108,6 +116,9 @@ def median_interval(values) -> tuple[float, float, float]:
 
 def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     """One row per run: identity, status, and median + 95% interval of each metric."""
+    if "rank" in batches.columns:  # torchrun: one row per rank per step -> one row per global step
+        from distributed import global_steps
+        batches = global_steps(batches)
     out = []
     for run in runs:
         row = {k: run.get(k) for k in ("run_id", "model", "attention", "kernel", "seq_len", "batch_size",
@@ -124,6 +135,9 @@ def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
                 row[m.column], row[f"{m.column}_lo"], row[f"{m.column}_hi"] = median_interval(vals)
         for k in ("energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "wall_s"):
             row[k] = run.get(k, math.nan)
+        for k in ("world_size", "gpu"):  # torchrun / --gpus runs only: which ranks or GPU made the row
+            if any(k in r for r in runs):
+                row[k] = run.get(k)
         out.append(row)
     return pd.DataFrame(out)
 

@@ -5,6 +5,8 @@ so slow drift of the machine (clocks, thermals) does not favour one attention. E
 child process (train.py) whose exit is recorded: ok, oom, nan, unavailable, timeout, error.
 After each run its rows land atomically (results.py) and the manifest says what is done, so
 `--resume DIR` reruns only runs that never finished and nothing is duplicated.
+Scale-out: `shard` keeps 1/N of the plan and `run_all(gpus=[...])` runs children side by side,
+one per GPU (scaleout.py); under torchrun `_child` is an in-process DDP run (distributed.py).
 """
 from __future__ import annotations
 
@@ -20,7 +22,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
+
+import distributed
 import results
+import scaleout
 from config import Config
 
 ROOT = Path(__file__).resolve().parent
@@ -90,13 +96,17 @@ class Sweep:
         self.runs = manifest["runs"]
 
     @classmethod
-    def create(cls, cfg: Config, log=print) -> "Sweep":
+    def create(cls, cfg: Config, log=print, shard: tuple[int, int] | None = None) -> "Sweep":
         root = results.check_writable(cfg.out)
         env = environment()
-        folder = results.new_folder(root, device_label(env), cfg.preset)
+        name = cfg.preset + (f"_shard{shard[0]}of{shard[1]}" if shard else "")  # shards may share a root
+        folder = results.new_folder(root, device_label(env), name)
+        full = plan(cfg)
         manifest = dict(preset=cfg.preset, created=datetime.now().isoformat(timespec="seconds"), finished=None,
-                        config=cfg.to_dict(), environment=env, git_commit=_git_commit(), runs=plan(cfg),
-                        data={}, metrics={}, command=" ".join(sys.argv))
+                        config=cfg.to_dict(), environment=env, git_commit=_git_commit(),
+                        runs=scaleout.select_shard(full, shard), data={}, metrics={},
+                        command=" ".join(sys.argv), shard=scaleout.shard_label(shard),
+                        plan_size=len(full), plan_run_ids=[r["run_id"] for r in full])
         if not cfg.offline or cfg.init == "pretrained":
             manifest["data_note"] = "hub data/weights"
         results.write_json(folder / "manifest.json", manifest)
@@ -135,14 +145,18 @@ class Sweep:
     def pending(self) -> list[dict]:
         return [r for r in self.runs if r["status"] not in results.FINAL]
 
-    def run_all(self) -> None:
+    def run_all(self, gpus: list[int] | None = None) -> None:
+        """Every pending run: one at a time, or with `gpus` side by side, one per GPU."""
         todo = self.pending()
         skipped = len(self.runs) - len(todo)
         if skipped:
             self.log(f"resuming: {skipped} of {len(self.runs)} runs already done, {len(todo)} to go")
         try:
-            for i, run in enumerate(todo, 1):
-                self._run_one(run, f"[{skipped + i}/{len(self.runs)}]")
+            if gpus:
+                scaleout.run_pool(self, todo, gpus, skipped)
+            else:
+                for i, run in enumerate(todo, 1):
+                    self._run_one(run, f"[{skipped + i}/{len(self.runs)}]")
         except KeyboardInterrupt:
             self.save()
             self.log(f"\ninterrupted: finished runs are saved in {self.folder}\n"
@@ -152,19 +166,27 @@ class Sweep:
         self.save()
 
     def _run_one(self, run: dict, tag: str) -> None:
+        t0 = self._begin(run, tag)
+        self._end(run, self._child(run), t0)
+
+    def _begin(self, run: dict, tag: str) -> float:
+        """Log the run, mark it running in the manifest; returns its start time."""
         self.log(f"{tag} {run['model']} {run['attention']} seq_len={run['seq_len']} "
                  f"batch={run['batch_size']} repeat={run['repeat']}", flush=True)
         run["status"] = "running"
         self.save()
-        t0 = time.perf_counter()
-        res = self._child(run)
+        return time.perf_counter()
+
+    def _end(self, run: dict, res: dict, t0: float) -> None:
+        """Record a finished run's status and info, land its rows, log one line."""
         run["wall_s"] = time.perf_counter() - t0
         run.update(status=res["status"], reason=res.get("reason", ""))
         if res.get("traceback"):
             run["traceback"] = res["traceback"]
         info = res.get("info") or {}
         for k in ("kernel", "energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s",
-                  "attention_params", "dtype", "flops_per_step", "palm_flops_per_token", "peak_tflops"):
+                  "attention_params", "dtype", "flops_per_step", "palm_flops_per_token", "peak_tflops",
+                  "world_size", "gpu_memory_mb_by_rank", "nvml_by_rank"):  # the last three: torchrun only
             if k in info:
                 run[k] = info[k]
         if info.get("data"):
@@ -176,6 +198,21 @@ class Sweep:
 
     def _child(self, run: dict) -> dict:
         """Run in a fresh process; its exit, timeout or death becomes a status."""
+        proc = self._launch(run)
+        try:
+            rc = proc.wait(timeout=self.cfg.timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop(proc, kill=True)
+            return self.timed_out()
+        except KeyboardInterrupt:
+            self.stop(proc)
+            run["status"] = "pending"
+            raise
+        return self._collect(run, rc)
+
+    def _launch(self, run: dict, env_extra: dict | None = None, log_path: Path | None = None):
+        """Start `python train.py SPEC RESULT` for one run; env_extra pins a GPU (the pool),
+        log_path takes its output (side-by-side runs would interleave on the terminal)."""
         tmp = self.folder / ".runs"
         tmp.mkdir(exist_ok=True)
         spec, out = tmp / f"{run['run_id']}.spec.json", tmp / f"{run['run_id']}.result.json"
@@ -183,32 +220,45 @@ class Sweep:
         data = tmp / f"data_T{run['seq_len']}_B{run['batch_size']}.pt"
         results.write_json(spec, dict(config=self.cfg.to_dict(), run=run,
                                       data=str(data) if data.exists() else None))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
         if self.cfg.offline:
             env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), str(spec), str(out)], env=env,
-                                preexec_fn=_die_with_parent)
-        try:
-            rc = proc.wait(timeout=self.cfg.timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return dict(status="timeout", reason=f"no result within {self.cfg.timeout_s} s")
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            run["status"] = "pending"
-            raise
+        cmd = [sys.executable, str(ROOT / "train.py"), str(spec), str(out)]
+        if log_path is None:
+            return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+        with open(log_path, "w") as log:  # the child holds its own copy of the descriptor
+            return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent, stdout=log,
+                                    stderr=subprocess.STDOUT)
+
+    def _collect(self, run: dict, rc: int) -> dict:
+        """The result a finished child wrote, or an error status saying how it died."""
+        tmp = self.folder / ".runs"
+        spec, out = tmp / f"{run['run_id']}.spec.json", tmp / f"{run['run_id']}.result.json"
         if out.exists():
             res = json.loads(out.read_text())
             out.unlink()
             spec.unlink(missing_ok=True)
             return res
         why = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
-        return dict(status="error", reason=f"run process died without a result ({why})")
+        log = tmp / f"{run['run_id']}.log"
+        where = f"; its output is in {log}" if log.exists() else ""
+        return dict(status="error", reason=f"run process died without a result ({why}){where}")
+
+    def timed_out(self) -> dict:
+        return dict(status="timeout", reason=f"no result within {self.cfg.timeout_s} s")
+
+    @staticmethod
+    def stop(proc, kill: bool = False) -> None:
+        """Ctrl-C: SIGINT first so the child can exit cleanly, then SIGKILL; timeout: SIGKILL."""
+        if not kill:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        proc.kill()
+        proc.wait()
 
     def _land(self, run: dict, res: dict) -> None:
         """Rows, samples, summary and manifest: each rewritten atomically, in that order."""
@@ -227,7 +277,10 @@ class Sweep:
 
     @staticmethod
     def _result_line(run: dict, res: dict) -> str:
-        rows = [r for r in res.get("rows") or [] if r["phase"] == "measure"]
+        rows = res.get("rows") or []
+        if rows and "rank" in rows[0]:  # torchrun: one row per rank per step -> global steps
+            rows = distributed.global_steps(pd.DataFrame(rows)).to_dict("records")
+        rows = [r for r in rows if r["phase"] == "measure"]
         if run["status"] != "ok" or not rows:
             return f"    -> {run['status']}: {run['reason']}"
         med = results.median_interval

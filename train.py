@@ -18,6 +18,7 @@ import torch
 
 import attentions
 import data
+import distributed
 import model as models
 from config import Config
 from metrics.flops import palm_flops_per_token, train_step_flops
@@ -78,8 +79,10 @@ def train_step(model, batch, opt, scaler, dtype, timer, attention, step):
     autocast = torch.autocast(timer_device(timer), dtype=dtype, enabled=dtype != torch.float32)
     t0 = timer.mark()
     with autocast:
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                      labels=batch["labels"]).loss
+    if "loss_weight" in batch:  # torchrun with padding: this rank's share of the global token mean
+        loss = loss * batch["loss_weight"]
     loss = _inject_fault(attention, step, loss)
     t1 = timer.mark()
     scaler.scale(loss).backward()
@@ -102,7 +105,7 @@ def inference_time(model, batch, dtype, device) -> float:
     sync()
     t = time.perf_counter()
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
     sync()
     return time.perf_counter() - t
 
@@ -115,12 +118,17 @@ def prepare(cfg: Config, run: dict, device: torch.device):
         raise Unavailable(reason)
     dtype, needs_scaler = models.pick_dtype(cfg.dtype, device)
     T, B = run["seq_len"], run["batch_size"]
-    if run.get("data"):  # made once by the sweep's parent process
-        saved = torch.load(run["data"])
+    if run.get("data"):  # made once by the sweep's parent process (torchrun: in memory, from rank 0)
+        saved = run["data"] if isinstance(run["data"], dict) else torch.load(run["data"])
         batches, data_stats = saved["batches"], saved["stats"]
     else:
         batches, data_stats = data.make_batches(cfg, data.get_tokenizer(cfg.offline), T, B, cfg.batches_per_epoch)
+    batches = distributed.shard_batches(batches)  # torchrun: this rank's rows of each global batch
+    B = batches[0]["input_ids"].shape[0]  # rows this process trains: FLOPs and kernel shape follow it
     real = [int(b["attention_mask"].sum()) for b in batches]  # counted on the host, before the loop
+    # No mask for a batch without padding: the model then needs no per-step check (a GPU sync).
+    batches = [{k: v for k, v in b.items() if k != "attention_mask" or r < v.numel()}
+               for b, r in zip(batches, real)]
     batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
     model, params = models.build(run["model"], run["attention"], T, cfg.init,
                                  cfg.attention_params.get(run["attention"]), cfg.seed)
@@ -132,25 +140,41 @@ def prepare(cfg: Config, run: dict, device: torch.device):
     scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
     flops = train_step_flops(c, B, T, spec.flops(B, H, T, D, params), kv_heads=params.get("kv_heads"))
     palm = palm_flops_per_token(models.n_params(model, non_embedding=True), c.n_layer, H, D, T)
-    step_model = torch.compile(model) if cfg.compile else model
+    wrapped = distributed.wrap_model(model, device)  # DDP under torchrun, else the model itself
+    step_model = compiled(wrapped, model, cfg)
     return dict(spec=spec, dtype=dtype, batches=batches, real=real, data_stats=data_stats, model=model,
                 step_model=step_model, params=params, kernel=kernel, opt=opt, scaler=scaler,
                 flops=flops["total"], palm=palm, peak=peak_tflops(device, dtype),
                 size_mb=model_size_mb(model))
 
 
+def compiled(wrapped, model, cfg: Config):
+    """torch.compile, the same way for every attention. "blocks" compiles the transformer blocks in
+    place (regional compilation: the identical blocks share one compiled graph)."""
+    if not cfg.compile:
+        return wrapped
+    if cfg.compile_scope == "blocks":
+        for block in model.transformer.h:
+            block.compile()
+        return wrapped
+    return torch.compile(wrapped)
+
+
 def run(cfg: Config, run: dict, log=print) -> dict:
     """Train one configuration; returns {"rows", "info", "samples"}. Raises on failure."""
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK
     p = prepare(cfg, run, device)
     timer, rows = StepTimer(device), []
     meter = Meter(device, interval_s=cfg.sample_interval_s)
     meter.start()
     try:
-        rows, energy = _loop(cfg, run, p, device, timer, meter, log)
+        rows, energy, windows = _loop(cfg, run, p, device, timer, meter, log)
     finally:
-        meter.stop()
+        meter.stop()  # completes each step's sampled columns (power, utilisation, energy)
+    for row, m in zip(rows, windows):
+        row.update(m)
+        row["joules_per_token"] = row["energy_j"] / row["tokens"]
     measured = [r for r in rows if r["phase"] == "measure"]
     tokens = sum(r["tokens"] for r in measured)
     first = rows[0]["train_time_s"]
@@ -166,7 +190,7 @@ def run(cfg: Config, run: dict, log=print) -> dict:
 
 
 def _loop(cfg, run, p, device, timer, meter, log):
-    rows, n, e0 = [], len(p["batches"]), math.nan
+    rows, windows, n, e0 = [], [], len(p["batches"]), math.nan
     total = n * cfg.epochs
     every = max(1, total // 5)
     for epoch in range(cfg.epochs):
@@ -180,10 +204,11 @@ def _loop(cfg, run, p, device, timer, meter, log):
                                          run["attention"], step)
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # closes the step's measurement window
-            loss = float(loss)
+            loss = float(distributed.global_loss(loss))  # torchrun: the whole global batch's loss
             if not math.isfinite(loss):
                 raise NonFiniteLoss(f"loss is {loss} at step {step}")
-            rows.append(_row(run, p, epoch, b, step, phase, loss, marks, timer, m, batch))
+            rows.append(_row(run, p, epoch, b, step, phase, loss, marks, timer, batch))
+            windows.append(m)
             if (step + 1) % every == 0 or step + 1 == total:
                 r = rows[-1]
                 log(f"    step {step + 1}/{total} [{phase}] loss {loss:.3f}  {r['train_time_s']:.3f} s  "
@@ -192,26 +217,23 @@ def _loop(cfg, run, p, device, timer, meter, log):
     for row in rows:  # inference timed after training so it never sits inside the energy window
         row["inference_time_s"] = inference_time(p["step_model"], p["batches"][row["batch"]], p["dtype"],
                                                  device) if cfg.measure_inference else math.nan
-    return rows, energy
+    return rows, energy, windows
 
 
-def _row(run, p, epoch, b, step, phase, loss, marks, timer, m, batch):
+def _row(run, p, epoch, b, step, phase, loss, marks, timer, batch):
     t0, t1, t2, t3 = marks
     fwd, bwd, opt, train = (timer.seconds(t0, t1), timer.seconds(t1, t2), timer.seconds(t2, t3),
                             timer.seconds(t0, t3))
     tokens = batch["input_ids"].numel()
     tps = tokens / train
     tflops = p["flops"] / train / 1e12
-    energy = m.get("energy_j", math.nan)
     row = dict(run_id=run["run_id"], model=run["model"], attention=run["attention"], kernel=p["kernel"],
                seq_len=run["seq_len"], batch_size=run["batch_size"], repeat=run.get("repeat", 0),
                epoch=epoch, batch=b, step=step, phase=phase, flops=p["flops"], loss=loss,
                inference_time_s=math.nan, model_size_mb=p["size_mb"], train_time_s=train,
                forward_time_s=fwd, backward_time_s=bwd, optimizer_time_s=opt, tokens=tokens,
                real_tokens=p["real"][b], tokens_per_s=tps, tflops_per_s=tflops,
-               mfu=p["palm"] * tps / (p["peak"] * 1e12), energy_j=energy,
-               joules_per_token=energy / tokens)
-    row.update({k: v for k, v in m.items() if k not in row})
+               mfu=p["palm"] * tps / (p["peak"] * 1e12))
     return row
 
 

@@ -9,6 +9,7 @@ import time
 import pandas as pd
 
 import config
+import results
 import sweep
 from conftest import ROOT
 
@@ -40,7 +41,7 @@ def test_faults_get_their_status_and_others_finish(tmp_path):
     log, _ = p.communicate(timeout=300)
     assert p.returncode == 0, log
     folder = _folder(out)
-    summary = pd.read_csv(folder / "summary.csv").set_index("attention")
+    summary = results.read_csv(folder / "summary.csv").set_index("attention")
     assert summary.loc["baseline", "status"] == "ok"
     assert summary.loc["sdpa", "status"] == "error" and "injected fault" in summary.loc["sdpa", "reason"]
     assert summary.loc["linear", "status"] == "nan"
