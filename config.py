@@ -38,8 +38,6 @@ class Config:
     dtype: str = "auto"                      # auto: bf16 where supported, fp16+scaler on T4, fp32 on CPU
     device: str = "auto"                     # auto: cuda if present, else cpu
     compile: bool = False                    # torch.compile the model (GPU presets turn it on)
-    compile_scope: str = "model"             # model: one graph, fastest steps; blocks: compile one block
-                                             # and reuse it for all (regional: far shorter compile time)
     lr: float = 3e-4                         # AdamW; a common GPT-2 small fine-tuning rate
     seed: int = 0                            # same data order and init for every attention
     attention_params: dict = field(default_factory=dict)  # e.g. {"sliding_window": {"window": 128}}
@@ -140,8 +138,7 @@ def validate(cfg: Config) -> Config:
     if cfg.warmup_steps >= cfg.steps:
         raise UserError(f"warmup_steps ({cfg.warmup_steps}) must be < total steps "
                         f"(batches_per_epoch x epochs = {cfg.steps}), or nothing is measured")
-    for name, valid in (("dtype", ["auto", "bf16", "fp16", "fp32"]), ("packing", ["pack", "pad"]),
-                        ("compile_scope", ["model", "blocks"])):
+    for name, valid in (("dtype", ["auto", "bf16", "fp16", "fp32"]), ("packing", ["pack", "pad"])):
         if getattr(cfg, name) not in valid:
             raise unknown(name, getattr(cfg, name), valid)
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):

@@ -56,7 +56,6 @@ def parser() -> argparse.ArgumentParser:
     a("--device", help="auto, cpu, cuda or cuda:N")
     a("--dtype", help="auto, bf16, fp16 or fp32")
     a("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
-    a("--compile-scope", choices=["model", "blocks"], help="compile the whole model, or each block (regional)")
     a("--timeout", type=float, help="seconds per run before it is stopped (status timeout)")
     a("--out", help="results root folder (default results/)")
     a("--resume", metavar="DIR", help="continue the sweep in results folder DIR")
@@ -78,7 +77,7 @@ def config_from_args(args) -> configs.Config:
     for field, value in (("batch_size", args.batch_size), ("batches_per_epoch", args.steps),
                          ("epochs", args.epochs), ("warmup_steps", args.warmup), ("repeats", args.repeats),
                          ("offline", args.offline), ("dataset", args.dataset), ("init", args.init), ("device", args.device),
-                         ("dtype", args.dtype), ("compile", args.compile), ("compile_scope", args.compile_scope), ("timeout_s", args.timeout),
+                         ("dtype", args.dtype), ("compile", args.compile), ("timeout_s", args.timeout),
                          ("out", args.out)):
         if value is not None:
             over[field] = value

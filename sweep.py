@@ -64,15 +64,19 @@ def environment() -> dict:
                cuda=torch.version.cuda, gpu_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
                gpu=None, driver=None, power_limit_w=None)
     if env["gpu_count"]:
-        env["gpu"] = torch.cuda.get_device_name(0)
+        # NVML first: torch.cuda.get_device_name would open a CUDA context in this parent process,
+        # holding GPU memory for the whole sweep (and showing in every run's NVML memory).
         try:
             import pynvml
             pynvml.nvmlInit()
             h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            env["gpu"] = pynvml.nvmlDeviceGetName(h)
             env["driver"] = pynvml.nvmlSystemGetDriverVersion()
             env["power_limit_w"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1e3
         except Exception as e:  # NVML missing: say so, never crash
             env["nvml_error"] = f"{type(e).__name__}: {e}"
+            env["gpu"] = torch.cuda.get_device_name(0)
+        env["gpu"] = env["gpu"].decode() if isinstance(env["gpu"], bytes) else env["gpu"]
     return env
 
 

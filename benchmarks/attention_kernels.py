@@ -1,10 +1,12 @@
 """Each attention mechanism alone: time, achieved TFLOP/s and peak memory against sequence length.
 
 For T = 256, 512, ... --max-seq: q, k, v (B, 12, T, 64) in bf16, causal, B = max(1, tokens // T)
-so every size processes the same number of tokens (--tokens, default 16384 on CUDA: B = 1 at
+so every size processes the same number of tokens (--tokens, default 32768 on CUDA: B = 2 at
 T = 16384). gqa gets kv_heads K/V heads (its K/V bytes are reported). Forward time is the forward
 of a training step (inputs require grad); fwd+bwd adds torch.autograd.grad. Times are medians of
---repeats after --warmup calls (which absorb torch.compile), with CUDA events on a GPU.
+--repeats after --warmup calls (which absorb torch.compile), with CUDA events on a GPU. With
+--compile (the default on CUDA) each mechanism's call is compiled, as the harness compiles the
+model: pure-PyTorch mechanisms (linear, lsh) get their elementwise work fused.
 TFLOP/s use spec.flops (forward, computed pairs only); fwd+bwd counts 3x forward (backward = 2x
 forward, no credit for recomputation). Peak memory = torch.cuda.max_memory_allocated after
 reset, inputs included. An out-of-memory is recorded as "oom" and the sweep goes on.
@@ -33,7 +35,7 @@ from attentions.common import StubAttention  # noqa: E402
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FLEX_BASED = {"flex", "flex_sparse", "sliding_window"}
 COLUMNS = ["mechanism", "kernel", "T", "B", "H", "D", "dtype", "status", "fwd_ms", "fwd_bwd_ms",
-           "fwd_tflops", "fwd_bwd_tflops", "peak_mb", "kv_mb", "warmup_s"]
+           "fwd_tflops", "fwd_bwd_tflops", "peak_mb", "kv_mb", "warmup_s", "compiled"]
 
 
 def parse_args(argv=None):
@@ -49,8 +51,13 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--mechanisms", default=",".join(attentions.ORDER))
     ap.add_argument("--out", default="results/attention_kernels")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile each mechanism's call, as the harness compiles the model "
+                         "(default: on for CUDA, off on CPU)")
     args = ap.parse_args(argv)
-    args.tokens = args.tokens or (16384 if args.device.startswith("cuda") else 1024)
+    cuda = args.device.startswith("cuda")
+    args.tokens = args.tokens or (32768 if cuda else 1024)
+    args.compile = cuda if args.compile is None else args.compile
     return args
 
 
@@ -96,9 +103,12 @@ def measure(name, T, args, device, dtype):
     reason = spec.unavailable_reason(device)
     if reason:
         return {**row, "status": f"unavailable: {reason}"}
-    if name in FLEX_BASED:
-        torch._dynamo.reset()  # a fresh compile per (pattern, T): no recompile limit reached
+    if name in FLEX_BASED or args.compile:
+        torch._dynamo.reset()  # a fresh compile per (mechanism, T): no recompile limit reached
     call, inputs = attention_call(spec, params, B, H, T, D, dtype, device)
+    if args.compile:
+        call = torch.compile(call)
+    row["compiled"] = bool(args.compile)
     t0 = time.perf_counter()  # warm-up includes torch.compile (flex) and the backend probes
     grad_out = torch.randn_like(call())
 
