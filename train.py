@@ -140,6 +140,8 @@ def prepare(cfg: Config, run: dict, device: torch.device):
     scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
     flops = train_step_flops(c, B, T, spec.flops(B, H, T, D, params), kv_heads=params.get("kv_heads"))
     palm = palm_flops_per_token(models.n_params(model, non_embedding=True), c.n_layer, H, D, T)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        model(input_ids=batches[0]["input_ids"][:1])  # eager: masks and kernel probes built before compile
     wrapped = distributed.wrap_model(model, device)  # DDP under torchrun, else the model itself
     step_model = compiled(wrapped, cfg)
     return dict(spec=spec, dtype=dtype, batches=batches, real=real, data_stats=data_stats, model=model,

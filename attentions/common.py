@@ -71,13 +71,29 @@ def mask_mod_for(pattern: tuple):
 
 # ---- cached masks ---------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=32)
+def built_once(fn):
+    """A cache like functools.lru_cache, but a plain dict: torch.compile ignores lru_cache and
+    traces the function inside the graph (building a BlockMask at every step), while a dict
+    lookup is traced as a constant. train.py runs one eager forward before compiling, so every
+    mask is built here, outside the graph."""
+    cache = {}
+
+    def wrapper(*key):
+        if key not in cache:
+            cache[key] = fn(*key)
+        return cache[key]
+    wrapper.cache = cache
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
+@built_once
 def dense_mask(pattern: tuple, T: int, device: str) -> torch.Tensor:
     """(T, T) bool of the pattern, built once per (pattern, T, device)."""
     return create_mask(mask_mod_for(pattern), 1, 1, T, T, device=device)[0, 0]
 
 
-@functools.lru_cache(maxsize=32)
+@built_once
 def block_mask(pattern: tuple, T: int, device: str):
     """FlexAttention BlockMask of the pattern, broadcast over batch and heads, built once."""
     from torch.nn.attention.flex_attention import create_block_mask
