@@ -95,11 +95,30 @@ def slots(hq, hk, key_real, c, nb):
         torch.full(shape, -1, dtype=torch.long, device=hq.device).scatter_(-1, item_slot, bucket))
 
 
-def assign(query, key, padding, p, layer_idx):
-    """Hash queries and keys and lay them out in chunks. query, key (B, H, T, D)."""
+def module_rotations(module, query, p):
+    """The layer's rotations, kept as a non-persistent buffer of its attention module: built in
+    the eager forward train.py runs before compiling, then a plain graph input. Built inside the
+    compiled graph (a torch.Generator), they broke the graph and made dynamo recompile the LSH
+    forward once per layer until its limit, then run it eagerly (seen on the H200)."""
     B, H, T, D = query.shape
     nb, R = n_buckets(T, p), int(p["n_hashes"])
-    rot = rotations(int(p["seed"]), layer_idx or 0, H, D, nb, R, str(query.device), query.dtype)
+    rot = getattr(module, "lsh_rotations", None)
+    if (rot is None or tuple(rot.shape) != (H, R, D, nb // 2) or rot.dtype != query.dtype
+            or rot.device != query.device):
+        rot = rotations(int(p["seed"]), getattr(module, "layer_idx", 0) or 0, H, D, nb, R,
+                        str(query.device), query.dtype)
+        if isinstance(module, torch.nn.Module):
+            module.register_buffer("lsh_rotations", rot, persistent=False)
+    return rot
+
+
+def assign(query, key, padding, p, layer_idx, rot=None):
+    """Hash queries and keys and lay them out in chunks. query, key (B, H, T, D)."""
+    B, H, T, D = query.shape
+    nb = n_buckets(T, p)
+    if rot is None:
+        rot = rotations(int(p["seed"]), layer_idx or 0, H, D, nb, int(p["n_hashes"]), str(query.device),
+                        query.dtype)
     hq, hk = hash_buckets(query.detach(), rot), hash_buckets(key.detach(), rot)
     real = torch.ones(B, T, dtype=torch.bool, device=query.device) if padding is None else padding
     with torch.no_grad():
@@ -154,7 +173,7 @@ def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0
     # query, key, value (B, H, T, D)
     p = params_of(module, PARAMS)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    a = assign(query, key, padding_of(attention_mask), p, getattr(module, "layer_idx", 0))
+    a = assign(query, key, padding_of(attention_mask), p, None, module_rotations(module, query, p))
     out, lse = chunk_attention(query, key, value, a, int(p["bucket_size"]), scaling)
     weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, H, R, T, 1) combine the rounds
     out = (weights * out).sum(2).to(query.dtype)       # (B, H, T, D)

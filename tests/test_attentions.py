@@ -308,3 +308,18 @@ def test_every_mechanism_trains_in_bf16_on_cuda(name):
         model.zero_grad()
         model(ids, attention_mask=attention_mask, labels=ids).loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_lsh_compiles_without_graph_breaks_or_per_layer_recompiles():
+    """On the H200 LSH hashed with a torch.Generator inside the compiled graph: a graph break,
+    then one recompile per layer until dynamo's limit, then eager. Rotations are a buffer now."""
+    import model as models
+    m, _ = models.build("tiny", "lsh", 128)
+    x = torch.randint(0, 50257, (1, 128))
+    with torch.no_grad():
+        m(input_ids=x)  # the eager forward train.py runs before compiling
+    torch._dynamo.reset()
+    compiled = torch.compile(m, backend="eager", fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(2):
+            compiled(input_ids=x)
