@@ -5,6 +5,7 @@ output streamed (cell 4). report.py re-exports these, so the notebook imports re
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -73,6 +74,29 @@ def system_info(root="results", verbose: bool = True) -> dict:
     return info
 
 
+def _stream(proc, text) -> None:
+    while chunk := proc.stdout.read1(4096):
+        sys.stdout.write(text.decode(chunk))
+        sys.stdout.flush()
+
+
+def latest_unfinished(root) -> str | None:
+    """The newest results folder whose sweep never finished (a disconnect, Ctrl-C), or None."""
+    import json
+    from report import list_results
+    try:
+        folders = list_results(root)
+    except Exception:  # no results folder yet
+        return None
+    for folder in folders:
+        try:
+            if json.loads((Path(folder) / "manifest.json").read_text()).get("finished") is None:
+                return str(folder)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def run_main(*args) -> None:
     """Run `python main.py ARGS` in a child process (the notebook's cell 4) and stream its output as it
     comes, bytes as they are, so tqdm's carriage-return redraws update one line in a notebook."""
@@ -84,8 +108,12 @@ def run_main(*args) -> None:
     proc = subprocess.Popen(cmd, cwd=here, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     text = codecs.getincrementaldecoder("utf-8")(errors="replace")   # a chunk may split a character
-    while chunk := proc.stdout.read1(4096):
-        sys.stdout.write(text.decode(chunk))
-        sys.stdout.flush()
+    try:
+        _stream(proc, text)
+    except KeyboardInterrupt:  # the notebook's stop button: main.py saves what finished and says
+        proc.send_signal(signal.SIGINT)  # how to resume; let it print that, then stop the cell
+        _stream(proc, text)
+        proc.wait()
+        raise
     if proc.wait() != 0:
         raise RuntimeError(f"main.py exited with code {proc.returncode}; its message is above")

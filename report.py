@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 import plots
-from cells import display, run_main, system_info  # noqa: F401  (report.* is the notebook's one import)
+from cells import display, latest_unfinished, run_main, system_info  # noqa: F401  (report.* is the notebook's one import)
 from errors import UserError
 from metrics.catalog import METRICS, label
 

@@ -4,6 +4,7 @@ figure, OOM marks, ratios of a comparison against hand-computed ones, report.md'
 the friendly first visit of show().
 """
 import json
+from pathlib import Path
 import shutil
 
 import numpy as np
@@ -267,3 +268,30 @@ def test_show_prints_without_redrawing(root, drawn, capsys):
     assert f.name in out and label("train_time_s") in out and "not measured here: mfu" in out
     assert "no result: gpt2-medium baseline seq_len 512: oom: CUDA out of memory" in out
     assert {p: p.stat().st_mtime_ns for p in (f / "plots").glob("*.png")} == before
+
+
+# ---- the committed H200 reference results -----------------------------------------------------
+
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h200"
+
+
+def test_reprint_and_compare_the_committed_reference_results(tmp_path, capsys):
+    folders = report.list_results(REFERENCE)
+    assert [f.name for f in folders] == ["20261129-093912_h200_full_test", "20261129-093117_h200_fast_test"]
+    report.show(1, REFERENCE)
+    out = capsys.readouterr().out
+    assert "full_test" in out and "sdpa-cudnn" in out and "flex_sparse" in out
+    table = report.summary_table(report.load(report.latest(REFERENCE, 1)))
+    assert len(table) == 9 and (table["status"] == "ok").sum() == 8
+    ratios = report.compare([folders[1], folders[0]], REFERENCE, out=tmp_path / "cmp", show=False)
+    sa = report.load(folders[1]).summary.set_index("attention")
+    sb = report.load(folders[0]).summary.set_index("attention")
+    row = ratios[ratios["attention"] == "sdpa"].iloc[0]
+    want = sb.loc["sdpa", "train_time_s"] / sa.loc["sdpa", "train_time_s"]
+    assert row["train_time_s B/A"] == pytest.approx(want, rel=1e-3)  # compare rounds to 4 digits
+
+
+def test_latest_unfinished_finds_a_sweep_cut_off(tmp_path):
+    assert report.latest_unfinished(tmp_path / "none") is None
+    # the full_test sweep was cut off before gqa (the device time ran out): it is the one to resume
+    assert report.latest_unfinished(REFERENCE).endswith("20261129-093912_h200_full_test")
