@@ -2,7 +2,8 @@
 a measurement is a context manager around the work).
 
     meter = Meter(device, interval_s=0.05); meter.start()
-    with meter.step() as row:      # row is filled when the block exits (even if it raises)
+    with meter.step() as row:      # host counters filled when the block exits (even if it raises);
+                                   # the sampled GPU columns when the meter stops
         ...; torch.cuda.synchronize()   # the caller syncs, so the window holds the GPU work
     meter.stop()
 
@@ -32,6 +33,9 @@ NAN = float("nan")
 ENERGY_MIN_WINDOW_S = 0.1  # NVML's energy counter updates about every 100 ms
 SERIES_FIELDS = NVML_FIELDS + ("energy_counter_j", "cpu_percent", "memory_gb")
 TORCH_GPU_COLUMNS = ("gpu_memory_mb", "gpu_memory_reserved_mb")
+# What a step's row holds for the sampled columns until stop() completes them.
+PENDING = {"gpu_power_w": NAN, "gpu_util_percent": NAN, "gpu_memory_nvml_mb": NAN, "energy_j": NAN,
+           "samples_in_window": 0, "sample_fallback": False, "energy_flag": "nan"}
 ROW_COLUMNS = ("cpu_percent", "memory_gb", "disk_read_mb", "disk_write_mb", "window_s") + \
     TORCH_GPU_COLUMNS + GPU_COLUMNS
 
@@ -107,8 +111,9 @@ class Meter:
         step's window is only fully covered by samples taken after it ended."""
         self.sampler.stop()
         self.sampler.sample_once()
+        counter = self._counter_points()
         for row, t0, t1 in self._windows:
-            row.update(self._sampled(t0, t1))
+            row.update(self._sampled(t0, t1, counter))
         self._windows.clear()
 
     def energy_counter_j(self) -> float:
@@ -143,16 +148,16 @@ class Meter:
         row = step_values(window_s, cpu_s, c0, c1)
         row["window_s"] = window_s
         row.update(self._torch_peaks() if reset_ok else {c: NAN for c in TORCH_GPU_COLUMNS})
-        row.update(self._sampled(t0, t1))  # provisional: samples so far; final at stop()
+        row.update(PENDING)  # the sampled columns are filled in by stop(), off the step's clock
         return row
 
-    def _sampled(self, t0: float, t1: float) -> dict:
+    def _sampled(self, t0: float, t1: float, counter) -> dict:
         """Columns from the sampler's series: means/max inside the window, energy from the
         cumulative counter interpolated at the window's edges."""
         samples, fallback = self.sampler.window(t0, t1)
         cols = list(zip(*samples)) if samples else [()] * len(SERIES_FIELDS)
         by_field = dict(zip(SERIES_FIELDS, cols))
-        energy_j = self._counter_at(t1) - self._counter_at(t0)
+        energy_j = _counter_at(counter, t1) - _counter_at(counter, t0)
         if energy_j != energy_j:
             flag = "nan"
         else:
@@ -163,19 +168,12 @@ class Meter:
                 "samples_in_window": 0 if fallback else len(samples), "sample_fallback": fallback,
                 "energy_j": energy_j, "energy_flag": flag}
 
-    def _counter_at(self, t: float) -> float:
-        """The energy counter (J) at time t, linear between the samples around t; NaN if t is
-        not inside the sampled span (the counter cannot be extrapolated honestly)."""
+    def _counter_points(self) -> tuple[list, list]:
+        """(times, energy J) of the samples where the energy counter was read."""
         times, values = self.sampler.series()
         k = SERIES_FIELDS.index("energy_counter_j")
-        pts = [(ti, v[k]) for ti, v in zip(times, values) if v[k] == v[k]]
-        i = bisect.bisect_left([p[0] for p in pts], t)
-        if not pts or i == len(pts) or (i == 0 and pts[0][0] > t):
-            return NAN
-        if pts[i][0] == t or i == 0:
-            return pts[i][1]
-        (ta, ea), (tb, eb) = pts[i - 1], pts[i]
-        return ea + (eb - ea) * (t - ta) / (tb - ta)
+        pts = [(t, v[k]) for t, v in zip(times, values) if v[k] == v[k]]
+        return [p[0] for p in pts], [p[1] for p in pts]
 
     def _reset_torch_peak(self) -> bool:
         """Start a new peak for this step; False (the step's peaks are NaN) if that failed."""
@@ -226,3 +224,16 @@ class Meter:
                     "samples": len(self.sampler), "sampler_errors": list(self.sampler.errors),
                     "nan_reasons": reasons})
         return out
+
+
+def _counter_at(counter, t: float) -> float:
+    """The energy counter (J) at time t, linear between the samples around t; NaN if t is not
+    inside the sampled span (the counter cannot be extrapolated honestly)."""
+    times, joules = counter
+    i = bisect.bisect_left(times, t)
+    if not times or i == len(times) or (i == 0 and times[0] > t):
+        return NAN
+    if times[i] == t or i == 0:
+        return joules[i]
+    ta, tb = times[i - 1], times[i]
+    return joules[i - 1] + (joules[i] - joules[i - 1]) * (t - ta) / (tb - ta)
