@@ -10,7 +10,6 @@ one per GPU (scaleout.py); under torchrun `_child` is an in-process DDP run (dis
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 import distributed
+import launcher
 import results
 import scaleout
 from config import Config
@@ -85,13 +85,6 @@ def device_label(env: dict) -> str:
         return "cpu"
     name = env["gpu"].lower().replace("nvidia", "").strip()
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").split("-")[0] or "gpu"
-
-
-def _die_with_parent():  # a child must not outlive a killed sweep (Linux PR_SET_PDEATHSIG)
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 class Sweep:
@@ -227,12 +220,7 @@ class Sweep:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
         if self.cfg.offline:
             env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        cmd = [sys.executable, str(ROOT / "train.py"), str(spec), str(out)]
-        if log_path is None:
-            return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
-        with open(log_path, "w") as log:  # the child holds its own copy of the descriptor
-            return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent, stdout=log,
-                                    stderr=subprocess.STDOUT)
+        return launcher.launch(spec, out, env, log_path)
 
     def _collect(self, run: dict, rc: int) -> dict:
         """The result a finished child wrote, or an error status saying how it died."""

@@ -84,3 +84,25 @@ def test_sigkill_then_resume_has_every_run_once(tmp_path):
     steps = config.get_preset("smoke").steps
     assert batches.groupby("run_id").size().tolist() == [steps] * 3
     assert (summary["status"] == "ok").all()
+
+
+def test_fork_server_preload_never_touches_cuda():
+    """Children are forked from a server that imported torch and transformers: had that server
+    started CUDA, no child could use the GPU. Record every torch.cuda entry point while importing."""
+    code = """
+import importlib, torch, torch.cuda as tc
+calls = []
+for name in ("is_available", "device_count", "_lazy_init", "init", "get_device_capability",
+             "get_device_name", "is_bf16_supported", "current_device", "synchronize"):
+    f = getattr(tc, name)
+    setattr(tc, name, (lambda f, name: lambda *a, **k: (calls.append(name), f(*a, **k))[1])(f, name))
+import launcher
+for m in launcher.PRELOAD:
+    importlib.import_module(m)
+import attentions
+assert sorted(attentions.REGISTRY) == sorted(launcher.ATTENTION_FILES), attentions.REGISTRY
+print("CUDA calls:", calls)
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "CUDA calls: []" in p.stdout
