@@ -59,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     a("--timeout", type=float, help="seconds per run before it is stopped (status timeout)")
     a("--out", help="results root folder (default results/)")
     a("--resume", metavar="DIR", help="continue the sweep in results folder DIR")
+    a("--progress", choices=["lines", "bar"], default="lines",
+      help="lines: a line per run and its steps; bar: one progress bar (each run's lines in .runs/)")
     a("--gpus", help="run independent runs side by side, one per GPU: 'all' or indices such as 0,1")
     a("--shard", metavar="I/N", help="run only shard I of N of the plan (run index %% N == I-1); "
       "join the shard folders with 'main.py merge'")
@@ -129,7 +131,8 @@ def command(name: str, argv: list[str]) -> int:
     return 0
 
 
-def run_sweep(cfg: configs.Config | None, resume: str | None = None, shard=None, gpus: str | None = None):
+def run_sweep(cfg: configs.Config | None, resume: str | None = None, shard=None, gpus: str | None = None,
+              progress: str = "lines"):
     import distributed
     import scaleout
     from sweep import Sweep, plan
@@ -154,6 +157,7 @@ def run_sweep(cfg: configs.Config | None, resume: str | None = None, shard=None,
         batches = prepare_data(cfg, runs)
         sweep = Sweep.create(cfg, shard=shard)
     sweep.save_data(batches)
+    sweep.progress = progress
     if gpu_list:
         sweep.manifest["gpus"] = gpu_list
     print(f"attention-bench: preset {cfg.preset}, {len(sweep.runs)} runs -> {sweep.folder}", flush=True)
@@ -171,7 +175,7 @@ def main(argv=None) -> int:
         cfg = None if args.resume else config_from_args(args)
         from scaleout import parse_shard
         shard = parse_shard(args.shard) if args.shard else None
-        run_sweep(cfg, args.resume, shard=shard, gpus=args.gpus)
+        run_sweep(cfg, args.resume, shard=shard, gpus=args.gpus, progress=args.progress)
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ one per GPU (scaleout.py); under torchrun `_child` is an in-process DDP run (dis
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -91,6 +92,7 @@ class Sweep:
     def __init__(self, folder: Path, cfg: Config, manifest: dict, log=print):
         self.folder, self.cfg, self.manifest, self.log = folder, cfg, manifest, log
         self.runs = manifest["runs"]
+        self.progress = "lines"  # or "bar": one progress bar over the runs (the notebook's cell 4)
 
     @classmethod
     def create(cls, cfg: Config, log=print, shard: tuple[int, int] | None = None) -> "Sweep":
@@ -152,8 +154,11 @@ class Sweep:
             if gpus:
                 scaleout.run_pool(self, todo, gpus, skipped)
             else:
-                for i, run in enumerate(todo, 1):
-                    self._run_one(run, f"[{skipped + i}/{len(self.runs)}]")
+                with self._progress(len(todo), skipped) as bar:
+                    for i, run in enumerate(todo, 1):
+                        self._run_one(run, f"[{skipped + i}/{len(self.runs)}]")
+                        if bar is not None:
+                            bar.update(1)
         except KeyboardInterrupt:
             self.save()
             self.log(f"\ninterrupted: finished runs are saved in {self.folder}\n"
@@ -161,6 +166,27 @@ class Sweep:
             raise
         self.manifest["finished"] = datetime.now().isoformat(timespec="seconds")
         self.save()
+        for data in (self.folder / ".runs").glob("data_*.pt"):  # only a resume needs them
+            data.unlink()
+
+    @contextlib.contextmanager
+    def _progress(self, todo: int, done: int):
+        """progress "bar": one bar over the runs, redrawn in place (also in a notebook, which
+        streams main.py's output); each run's own step lines go to .runs/<run_id>.log and one
+        line per run is written above the bar."""
+        if self.progress != "bar":
+            yield None
+            return
+        from tqdm import tqdm
+        bar = tqdm(total=done + todo, initial=done, unit="run", file=sys.stdout, dynamic_ncols=True,
+                   desc=self.cfg.preset)
+        log = self.log
+        self.log = lambda *a, **k: bar.write(" ".join(map(str, a)), file=sys.stdout)
+        try:
+            yield bar
+        finally:
+            self.log = log
+            bar.close()
 
     def _run_one(self, run: dict, tag: str) -> None:
         t0 = self._begin(run, tag)
@@ -195,7 +221,8 @@ class Sweep:
 
     def _child(self, run: dict) -> dict:
         """Run in a fresh process; its exit, timeout or death becomes a status."""
-        proc = self._launch(run)
+        log = self.folder / ".runs" / f"{run['run_id']}.log" if self.progress == "bar" else None
+        proc = self._launch(run, log_path=log)
         try:
             rc = proc.wait(timeout=self.cfg.timeout_s)
         except subprocess.TimeoutExpired:
