@@ -123,7 +123,8 @@ def command(name: str, argv: list[str]) -> int:
     if name == "merge":
         return merge(argv)
     if name == "show":
-        report.show(int(argv[0]) if argv else 1, root=argv[1] if len(argv) > 1 else "results")
+        which = (int(argv[0]) if argv[0].isdigit() else argv[0]) if argv else 1  # N or a folder
+        report.show(which, root=argv[1] if len(argv) > 1 else "results")
     elif name == "compare":
         if len(argv) < 2:
             raise UserError("compare needs two or more result folders")
