@@ -48,8 +48,9 @@ def plan(cfg: Config) -> list[dict]:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
+        p = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=5)
+        return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else "unknown (no git history)"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
