@@ -51,7 +51,6 @@ class Config:
     # Sweep behaviour.
     out: str = "results"                     # results root; the notebook points it at Drive
     timeout_s: float | None = None           # per run; None = no limit
-    isolate: bool = True                     # each run in a fresh process
 
     @property
     def steps(self) -> int:
@@ -70,6 +69,12 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """A Config from a manifest; fields that no longer exist (an older manifest) are dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 BASE = Config()

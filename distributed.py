@@ -266,7 +266,7 @@ def ddp_sweep(cfg, resume, shard, prepare_data, finish):
         if "error" in payload:
             raise UserError(payload["error"])
         return None
-    child = partial(_ddp_child, Config(**payload["config"]), payload["batches"])
+    child = partial(_ddp_child, Config.from_dict(payload["config"]), payload["batches"])
     if sweep is not None:
         print(f"attention-bench: torchrun x{world()}, {len(sweep.runs)} runs -> {sweep.folder}", flush=True)
         sweep._child = child  # the one swap: same bookkeeping as the serial path, DDP in-process

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from errors import UserError
-from metrics.catalog import BY_COLUMN, ID_COLUMNS, METRICS, QUALITY_COLUMNS
+from metrics.catalog import ID_COLUMNS, METRICS, QUALITY_COLUMNS
 
 # Our CSVs write a missing number as an empty field; text such as the status "nan" (a run whose
 # loss went NaN) must stay text, so only empty fields read as NaN.
@@ -141,10 +141,3 @@ def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
                 row[k] = run.get(k)
         out.append(row)
     return pd.DataFrame(out)
-
-
-def assert_catalogued(columns) -> None:
-    """Every metric column written must be in the catalog (its unit comes from there)."""
-    missing = [c for c in columns if c not in BY_COLUMN and c not in ID_COLUMNS + FLAG_COLUMNS]
-    if missing:
-        raise AssertionError(f"columns not in metrics/catalog.py: {missing}")

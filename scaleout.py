@@ -62,7 +62,7 @@ def _plan_ids(m: dict) -> list[str]:
         return m["plan_run_ids"]
     from config import Config
     from sweep import plan
-    return [r["run_id"] for r in plan(Config(**m["config"]))]
+    return [r["run_id"] for r in plan(Config.from_dict(m["config"]))]
 
 
 def _check_same_plan(folders, mans) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
 import signal
@@ -66,19 +65,14 @@ def environment() -> dict:
                cuda=torch.version.cuda, gpu_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
                gpu=None, driver=None, power_limit_w=None)
     if env["gpu_count"]:
-        # NVML first: torch.cuda.get_device_name would open a CUDA context in this parent process,
-        # holding GPU memory for the whole sweep (and showing in every run's NVML memory).
-        try:
-            import pynvml
-            pynvml.nvmlInit()
-            h = pynvml.nvmlDeviceGetHandleByIndex(0)
-            env["gpu"] = pynvml.nvmlDeviceGetName(h)
-            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
-            env["power_limit_w"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1e3
-        except Exception as e:  # NVML missing: say so, never crash
-            env["nvml_error"] = f"{type(e).__name__}: {e}"
-            env["gpu"] = torch.cuda.get_device_name(0)
-        env["gpu"] = env["gpu"].decode() if isinstance(env["gpu"], bytes) else env["gpu"]
+        # NVML, through the metrics' own reader: torch.cuda.get_device_name would open a CUDA
+        # context in this parent process, holding GPU memory for the whole sweep.
+        from metrics.nvml import NvmlReader
+        nvml = NvmlReader(0)
+        if nvml.available:
+            env.update(gpu=nvml.name, driver=nvml.driver, power_limit_w=nvml.power_limit_w)
+        else:
+            env.update(nvml_error=nvml.reason, gpu=torch.cuda.get_device_name(0))
     return env
 
 
@@ -120,7 +114,7 @@ class Sweep:
         if not path.exists():
             raise UserError(f"cannot resume {folder}: no manifest.json there (is it a results folder?)")
         manifest = json.loads(path.read_text())
-        cfg = Config(**manifest["config"])
+        cfg = Config.from_dict(manifest["config"])
         sweep = cls(folder, cfg, manifest, log)
         done = {r["run_id"] for r in sweep.runs if r["status"] in results.FINAL}
         for name in ("batches.csv", "samples.csv"):  # rows of a run cut off between writes

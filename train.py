@@ -43,10 +43,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _inject_fault(attention: str, step: int, loss):
-    """Test hook: AB_FAULT="sdpa=raise,linear=nan,lsh=oom,flex=sleep" makes faults on purpose."""
+def fault_for(attention: str) -> str | None:
+    """Test hook: AB_FAULT="sdpa=raise,linear=nan,lsh=oom,flex=sleep" makes faults on purpose.
+    Read once per run, in prepare(), never inside the timed step."""
     faults = dict(f.split("=") for f in os.environ.get("AB_FAULT", "").split(",") if "=" in f)
-    kind = faults.get(attention)
+    return faults.get(attention)
+
+
+def _inject_fault(kind: str, attention: str, step: int, loss):
     if kind == "raise":
         raise RuntimeError(f"injected fault in {attention}")
     if kind == "oom" and step >= 1:
@@ -75,15 +79,16 @@ class StepTimer:
         return a.elapsed_time(b) / 1e3 if self.cuda else b - a
 
 
-def train_step(model, batch, opt, scaler, dtype, timer, attention, step):
-    autocast = torch.autocast(timer_device(timer), dtype=dtype, enabled=dtype != torch.float32)
+def train_step(model, batch, opt, scaler, dtype, timer, attention, step, fault=None):
+    autocast = torch.autocast("cuda" if timer.cuda else "cpu", dtype=dtype, enabled=dtype != torch.float32)
     t0 = timer.mark()
     with autocast:
         loss = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                      labels=batch["labels"]).loss
     if "loss_weight" in batch:  # torchrun with padding: this rank's share of the global token mean
         loss = loss * batch["loss_weight"]
-    loss = _inject_fault(attention, step, loss)
+    if fault:
+        loss = _inject_fault(fault, attention, step, loss)
     t1 = timer.mark()
     scaler.scale(loss).backward()
     t2 = timer.mark()
@@ -92,10 +97,6 @@ def train_step(model, batch, opt, scaler, dtype, timer, attention, step):
     opt.zero_grad(set_to_none=True)
     t3 = timer.mark()
     return loss.detach(), (t0, t1, t2, t3)
-
-
-def timer_device(timer) -> str:
-    return "cuda" if timer.cuda else "cpu"
 
 
 @torch.no_grad()
@@ -144,7 +145,7 @@ def prepare(cfg: Config, run: dict, device: torch.device):
         model(input_ids=batches[0]["input_ids"][:1])  # eager: masks and kernel probes built before compile
     wrapped = distributed.wrap_model(model, device)  # DDP under torchrun, else the model itself
     step_model = compiled(wrapped, cfg)
-    return dict(spec=spec, dtype=dtype, batches=batches, real=real, data_stats=data_stats, model=model,
+    return dict(fault=fault_for(run["attention"]), spec=spec, dtype=dtype, batches=batches, real=real, data_stats=data_stats, model=model,
                 step_model=step_model, params=params, kernel=kernel, opt=opt, scaler=scaler,
                 flops=flops["total"], palm=palm, peak=peak_tflops(device, dtype),
                 size_mb=model_size_mb(model))
@@ -197,7 +198,7 @@ def _loop(cfg, run, p, device, timer, meter, log):
                 e0 = meter.energy_counter_j()
             with meter.step() as m:
                 loss, marks = train_step(p["step_model"], batch, p["opt"], p["scaler"], p["dtype"], timer,
-                                         run["attention"], step)
+                                         run["attention"], step, p["fault"])
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # closes the step's measurement window
             loss = float(distributed.global_loss(loss))  # torchrun: the whole global batch's loss
@@ -239,7 +240,7 @@ def main(spec_path: str, out_path: str) -> int:
     from results import write_json
     hf_logging.set_verbosity_error()
     spec = json.load(open(spec_path))
-    cfg, run_ = Config(**spec["config"]), dict(spec["run"], data=spec.get("data"))
+    cfg, run_ = Config.from_dict(spec["config"]), dict(spec["run"], data=spec.get("data"))
     result = {"status": "error", "reason": "", "rows": [], "info": {}, "samples": []}
     try:
         result.update(run(cfg, run_), status="ok")

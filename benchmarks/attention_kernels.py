@@ -234,7 +234,7 @@ def main(argv=None):
     plot(rows, os.path.join(args.out, "attention_kernels.png"))
     print("\nfwd+bwd time ratios (< 1: the first is faster):")
     print("\n".join(ratios(rows)))
-    print(f"\nkernels: " + "; ".join(f"{r['mechanism']}={r.get('kernel')}" for r in rows if r["T"] == Ts[-1]))
+    print("\nkernels: " + "; ".join(f"{r['mechanism']}={r.get('kernel')}" for r in rows if r["T"] == Ts[-1]))
     print(f"wrote {args.out}/attention_kernels.csv and .png in {time.perf_counter() - started:.0f} s")
 
 

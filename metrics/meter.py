@@ -126,9 +126,8 @@ class Meter:
         row: dict = {}
         reset_ok = self._reset_torch_peak()
         c0 = self.process.counters(rss=False)  # memory_gb is the value at the end
-        # Clocks last on entry and first on exit, energy right next to them: the wall window
-        # bounds the work tightly and the energy window differs from it by one NVML call.
-        e0 = self.energy_counter_j()
+        # Clocks last on entry and first on exit: the window bounds the work tightly. No NVML
+        # call here: the sampler thread reads the energy counter, interpolated at stop().
         cpu0, t0 = time.process_time(), time.perf_counter()
         try:
             yield row
