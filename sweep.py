@@ -25,6 +25,7 @@ import pandas as pd
 
 import distributed
 import launcher
+import precompile
 import results
 import scaleout
 from config import Config
@@ -149,6 +150,10 @@ class Sweep:
             if gpus:
                 scaleout.run_pool(self, todo, gpus, skipped)
             else:
+                warmed = precompile.run_phase(self, todo)
+                if warmed:
+                    self.manifest.setdefault("precompile", []).append(warmed)
+                    self.save()
                 with self._progress(len(todo), skipped) as bar:
                     for i, run in enumerate(todo, 1):
                         self._run_one(run, f"[{skipped + i}/{len(self.runs)}]")
@@ -203,6 +208,7 @@ class Sweep:
             run["traceback"] = res["traceback"]
         info = res.get("info") or {}
         for k in ("kernel", "energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s",
+                  "phases", "compile_cache",
                   "attention_params", "dtype", "flops_per_step", "palm_flops_per_token", "peak_tflops",
                   "world_size", "gpu_memory_mb_by_rank", "nvml_by_rank"):  # the last three: torchrun only
             if k in info:
@@ -229,32 +235,37 @@ class Sweep:
             raise
         return self._collect(run, rc)
 
-    def _launch(self, run: dict, env_extra: dict | None = None, log_path: Path | None = None):
+    def _files(self, run: dict, warm: bool = False) -> tuple[Path, Path, Path]:
+        """(spec, result, log) of a run's process in .runs/; a precompile process has its own."""
+        stem = self.folder / ".runs" / (run["run_id"] + (".warm" if warm else ""))
+        return stem.with_name(stem.name + ".spec.json"), stem.with_name(stem.name + ".result.json"), \
+            stem.with_name(stem.name + ".log")
+
+    def _launch(self, run: dict, env_extra: dict | None = None, log_path: Path | None = None,
+                warm: bool = False):
         """Start `python train.py SPEC RESULT` for one run; env_extra pins a GPU (the pool),
-        log_path takes its output (side-by-side runs would interleave on the terminal)."""
-        tmp = self.folder / ".runs"
-        tmp.mkdir(exist_ok=True)
-        spec, out = tmp / f"{run['run_id']}.spec.json", tmp / f"{run['run_id']}.result.json"
+        log_path takes its output (side-by-side runs would interleave on the terminal), warm
+        makes it a precompile process (train.warm)."""
+        (self.folder / ".runs").mkdir(exist_ok=True)
+        spec, out, _ = self._files(run, warm)
         out.unlink(missing_ok=True)
-        data = tmp / f"data_T{run['seq_len']}_B{run['batch_size']}.pt"
-        results.write_json(spec, dict(config=self.cfg.to_dict(), run=run,
+        data = self.folder / ".runs" / f"data_T{run['seq_len']}_B{run['batch_size']}.pt"
+        results.write_json(spec, dict(config=self.cfg.to_dict(), run=run, warm=warm,
                                       data=str(data) if data.exists() else None))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
         if self.cfg.offline:
             env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
         return launcher.launch(spec, out, env, log_path)
 
-    def _collect(self, run: dict, rc: int) -> dict:
+    def _collect(self, run: dict, rc: int, warm: bool = False) -> dict:
         """The result a finished child wrote, or an error status saying how it died."""
-        tmp = self.folder / ".runs"
-        spec, out = tmp / f"{run['run_id']}.spec.json", tmp / f"{run['run_id']}.result.json"
+        spec, out, log = self._files(run, warm)
         if out.exists():
             res = json.loads(out.read_text())
             out.unlink()
             spec.unlink(missing_ok=True)
             return res
         why = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
-        log = tmp / f"{run['run_id']}.log"
         where = f"; its output is in {log}" if log.exists() else ""
         return dict(status="error", reason=f"run process died without a result ({why}){where}")
 

@@ -113,6 +113,7 @@ def inference_time(model, batch, dtype, device) -> float:
 
 def prepare(cfg: Config, run: dict, device: torch.device):
     """Everything before the timed loop: data on the device, model, optimizer, FLOP counts."""
+    t_start = time.perf_counter()
     spec = attentions.get(run["attention"])
     reason = spec.unavailable_reason(device)
     if reason:
@@ -141,14 +142,19 @@ def prepare(cfg: Config, run: dict, device: torch.device):
     scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
     flops = train_step_flops(c, B, T, spec.flops(B, H, T, D, params), kv_heads=params.get("kv_heads"))
     palm = palm_flops_per_token(models.n_params(model, non_embedding=True), c.n_layer, H, D, T)
+    t_probe = time.perf_counter()
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         model(input_ids=batches[0]["input_ids"][:1])  # eager: masks and kernel probes built before compile
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t_end = time.perf_counter()
     wrapped = distributed.wrap_model(model, device)  # DDP under torchrun, else the model itself
     step_model = compiled(wrapped, cfg)
     return dict(fault=fault_for(run["attention"]), spec=spec, dtype=dtype, batches=batches, real=real, data_stats=data_stats, model=model,
                 step_model=step_model, params=params, kernel=kernel, opt=opt, scaler=scaler,
                 flops=flops["total"], palm=palm, peak=peak_tflops(device, dtype),
-                size_mb=model_size_mb(model))
+                size_mb=model_size_mb(model),
+                phases=dict(setup_s=t_probe - t_start, eager_probe_s=t_end - t_probe))
 
 
 def compiled(wrapped, cfg: Config):
@@ -175,15 +181,52 @@ def run(cfg: Config, run: dict, log=print) -> dict:
     measured = [r for r in rows if r["phase"] == "measure"]
     tokens = sum(r["tokens"] for r in measured)
     first = rows[0]["train_time_s"]
-    later = sorted(r["train_time_s"] for r in rows[1:]) or [first]
+    inference = [r["inference_time_s"] for r in rows]
+    # Where a run's wall time goes (the manifest keeps it per run; `show` prints it).
+    phases = dict(p["phases"], first_step_s=first, steps_s=sum(r["window_s"] for r in rows),
+                  inference_s=sum(inference) if cfg.measure_inference else 0.0,
+                  inference_compile_s=first_minus_median(inference)
+                  if cfg.compile and cfg.measure_inference else math.nan)
     info = dict(kernel=p["kernel"], attention_params=p["params"], dtype=str(p["dtype"]).replace("torch.", ""),
                 device=str(device), data=p["data_stats"], energy_j_run=energy,
                 joules_per_token_run=energy / tokens if tokens else math.nan,
-                compile_time_s=(first - later[len(later) // 2]) if cfg.compile else math.nan,
+                compile_time_s=first_minus_median([r["train_time_s"] for r in rows]) if cfg.compile else math.nan,
                 flops_per_step=p["flops"], palm_flops_per_token=p["palm"], peak_tflops=p["peak"],
-                metrics=meter.info())
+                metrics=meter.info(), phases=phases, compile_cache=compile_cache())
     info["idle_power_w"] = info["metrics"].get("idle_power_w", math.nan)
     return {"rows": rows, "info": info, "samples": meter.samples()}
+
+
+def compile_cache() -> dict:
+    """torch.compile's cache hits and misses in this process (AOTAutograd graphs, Inductor graphs):
+    after the precompile phase a measured run should only hit."""
+    from torch._dynamo.utils import counters
+    aot, ind = counters.get("aot_autograd", {}), counters.get("inductor", {})
+    return dict(aot_hit=aot.get("autograd_cache_hit", 0), aot_miss=aot.get("autograd_cache_miss", 0),
+                fx_hit=ind.get("fxgraph_cache_hit", 0), fx_miss=ind.get("fxgraph_cache_miss", 0))
+
+
+def first_minus_median(times: list[float]) -> float:
+    """Compile time: the first call (which compiles) less the median of the later ones."""
+    later = sorted(times[1:]) or times[:1]
+    return times[0] - later[len(later) // 2]
+
+
+def warm(cfg: Config, run: dict) -> dict:
+    """Fill torch.compile's on-disk caches for this run (sweep.py's precompile phase): the same
+    prepare(), one training step and one no-grad forward, nothing measured. Graphs are keyed on
+    code and shapes, so the measured run that follows loads them instead of compiling again."""
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    p = prepare(cfg, run, device)
+    batch = p["batches"][0]
+    train_step(p["step_model"], batch, p["opt"], p["scaler"], p["dtype"], StepTimer(device), run["attention"], 0)
+    if cfg.measure_inference:
+        inference_time(p["step_model"], batch, p["dtype"], device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"rows": [], "samples": [], "info": {"warm_s": time.perf_counter() - t0, "compile_cache": compile_cache()}}
 
 
 def _loop(cfg, run, p, device, timer, meter, log):
@@ -243,7 +286,7 @@ def main(spec_path: str, out_path: str) -> int:
     cfg, run_ = Config.from_dict(spec["config"]), dict(spec["run"], data=spec.get("data"))
     result = {"status": "error", "reason": "", "rows": [], "info": {}, "samples": []}
     try:
-        result.update(run(cfg, run_), status="ok")
+        result.update((warm if spec.get("warm") else run)(cfg, run_), status="ok")
     except Unavailable as e:
         result.update(status="unavailable", reason=str(e))
     except torch.OutOfMemoryError as e:

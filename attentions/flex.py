@@ -34,6 +34,7 @@ SPEC = register(AttentionSpec(
     flops=flops,
     kernel=lambda device, params, dtype=None, shape=None: pattern_kernel(device),
     unavailable_reason=flex_unavailable,
+    compiles=True,
     paper="PyTorch FlexAttention (Dong et al. 2024)",
 ))
 

@@ -62,6 +62,7 @@ SPEC = register(AttentionSpec(
     params=PARAMS,
     kernel=lambda device, params, dtype=None, shape=None: pattern_kernel(device),
     unavailable_reason=flex_unavailable,
+    compiles=True,
     paper="Child et al. 2019, Generating Long Sequences with Sparse Transformers",
 ))
 

@@ -43,6 +43,9 @@ class AttentionSpec:
     # prepare_model(model, params, init) changes the model before training (gqa: fewer K/V heads).
     prepare_model: Callable | None = None
     paper: str = ""
+    # Compiles its own kernel even in an uncompiled model (flex_attention): the sweep's precompile
+    # phase warms its cache too.
+    compiles: bool = False
 
     @property
     def hf_name(self) -> str:

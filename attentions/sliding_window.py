@@ -53,6 +53,7 @@ SPEC = register(AttentionSpec(
     params=PARAMS,
     kernel=lambda device, params, dtype=None, shape=None: pattern_kernel(device),
     unavailable_reason=flex_unavailable,
+    compiles=True,
     paper="Beltagy et al. 2020 (Longformer); Jiang et al. 2023 (Mistral 7B)",
 ))
 

@@ -13,6 +13,7 @@ reset, inputs included. An out-of-memory is recorded as "oom" and the sweep goes
 
     python benchmarks/attention_kernels.py --out results/kernels            # H200
     python benchmarks/attention_kernels.py --device cpu --max-seq 512 --dtype fp32 --out /tmp/k
+    python benchmarks/attention_kernels.py --mechanisms flash,flex --seq-lens 1024,2048 --tokens 131072
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     ap.add_argument("--min-seq", type=int, default=256)
     ap.add_argument("--max-seq", type=int, default=16384)
-    ap.add_argument("--tokens", type=int, default=None, help="B * T per size (default 16384 cuda, 1024 cpu)")
+    ap.add_argument("--seq-lens", default=None, help="exact sizes, e.g. 1024,2048 (instead of --min/--max-seq)")
+    ap.add_argument("--tokens", type=int, default=None, help="B * T per size (default 32768 cuda, 1024 cpu)")
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=10)
@@ -223,7 +225,8 @@ def main(argv=None):
     names = [n.strip() for n in args.mechanisms.split(",") if n.strip()]
     for n in names:
         attentions.get(n)  # unknown names fail before anything runs
-    Ts = [2 ** i for i in range(int(math.log2(args.min_seq)), int(math.log2(args.max_seq)) + 1)]
+    Ts = [int(t) for t in args.seq_lens.split(",")] if args.seq_lens else \
+        [2 ** i for i in range(int(math.log2(args.min_seq)), int(math.log2(args.max_seq)) + 1)]
     os.makedirs(args.out, exist_ok=True)
     started, rows = time.perf_counter(), []
     for name in names:

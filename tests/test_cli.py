@@ -30,6 +30,8 @@ BAD = [
     (["--preset", "smoke", "--warmup", "4"], "warmup_steps", None),
     (["--preset", "smoke", "--device", "tpu"], "unknown device", None),
     (["--preset", "smoke", "--dtype", "bf16"], "dtype bf16 is for GPUs", None),
+    (["--preset", "smoke", "--precompile", "many"], "--precompile", None),
+    (["--preset", "smoke", "--precompile", "-2"], "precompile must be", None),
 ]
 
 

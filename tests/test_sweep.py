@@ -106,3 +106,40 @@ print("CUDA calls:", calls)
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "CUDA calls: []" in p.stdout
+
+
+def test_precompile_phase_warms_the_caches_the_measured_run_loads(tmp_path):
+    """--precompile compiles each run in a warm process first; the measured run, still a fresh
+    process, must then find every graph in torch.compile's caches (no miss), and the manifest
+    records the phase."""
+    out = tmp_path / "r"
+    p = _main(["--preset", "smoke", "--attention", "sdpa", "--compile", "--precompile", "1",
+               "--steps", "2", "--epochs", "1", "--warmup", "1", "--out", str(out)],
+              {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    log, _ = p.communicate(timeout=400)
+    assert p.returncode == 0, log
+    assert "precompile: 1 runs, 1 at a time" in log
+    folder = _folder(out)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (phase,) = manifest["precompile"]
+    (warm,) = phase["results"].values()
+    assert warm["status"] == "ok", warm
+    assert warm["compile_cache"]["aot_miss"] > 0  # the warm process compiled ...
+    (run,) = manifest["runs"]
+    assert run["status"] == "ok"
+    cache = run["compile_cache"]
+    assert cache["aot_hit"] > 0 and cache["aot_miss"] == 0 and cache["fx_miss"] == 0, cache  # ... the run loaded
+    assert set(run["phases"]) >= {"setup_s", "first_step_s", "steps_s", "inference_compile_s"}
+    assert "## Where the time went" in (folder / "report.md").read_text()
+
+
+def test_precompile_auto_is_off_on_cpu_and_bounded():
+    import precompile
+    cfg = config.get_preset("smoke")
+    assert precompile.workers(cfg, 9, gpu_count=0) == 0  # auto: CPU runs need the cores themselves
+    cfg.device, cfg.compile = "auto", True
+    assert 0 <= precompile.workers(cfg, 9, gpu_count=1) <= 8
+    cfg.precompile = 3
+    assert precompile.workers(cfg, 2, gpu_count=0) == 2  # never more processes than runs
+    cfg.compile = False  # only flex-based runs compile their own kernel then
+    assert precompile.compiles(cfg, dict(attention="flex")) and not precompile.compiles(cfg, dict(attention="sdpa"))

@@ -1,0 +1,90 @@
+"""The precompile phase: compile a sweep's runs side by side before measuring them one at a time.
+
+A compiled run spends most of its wall time in torch.compile (on the H200, gpt2's training graph
+took about 35 s and its no-grad graph 13 s, flex runs over a minute, against 3 s of steps), and
+compiling is work for the host's CPUs that the serial sweep does on one core while the GPU waits.
+torch.compile keeps what it compiled in on-disk caches (AOTAutograd and Inductor graphs, Triton
+kernels), keyed on the code, the shapes and the settings. So before the measured runs, up to
+`workers` processes (train.warm) each build one run's model exactly as the measured run will, take
+one training step and one no-grad forward, and exit. The measured runs, still one at a time and
+in fresh processes, then load their graphs from the caches. Nothing measured runs side by side.
+
+Each measured run records its own cache hits and misses (compile_cache in the manifest), and the
+manifest's `precompile` entry says how long the phase took and how each warm process ended. A
+warm process that fails (out of memory beside the others, say) costs nothing but its time: its
+measured run compiles as it always did, and its own failure, if real, is recorded there.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import attentions
+from config import Config
+
+
+def workers(cfg: Config, n_runs: int, gpu_count: int) -> int:
+    """How many warm processes: the config's number, or auto = CPU cores // 3 (at most 8) when the
+    runs are on a GPU (compiling is CPU work: a Python thread plus Triton's compile workers), 0 on
+    a CPU (the runs themselves need the cores) and when no run compiles anything."""
+    n = cfg.precompile
+    if n == "auto":
+        on_gpu = cfg.device != "cpu" and gpu_count > 0
+        n = min(8, (os.cpu_count() or 1) // 3) if on_gpu else 0
+    return max(0, min(int(n), n_runs))
+
+
+def compiles(cfg: Config, run: dict) -> bool:
+    """Whether the run compiles anything: the whole model, or its attention's own kernel (flex)."""
+    return cfg.compile or attentions.get(run["attention"]).compiles
+
+
+def run_phase(sweep, todo: list[dict], poll_s: float = 0.2) -> dict | None:
+    """Warm the caches for the pending runs that compile; returns the manifest's record of it."""
+    # Flex-based runs compile longest: they go first, so the phase does not end on one of them.
+    runs = sorted((r for r in todo if compiles(sweep.cfg, r)),
+                  key=lambda r: not attentions.get(r["attention"]).compiles)
+    n = workers(sweep.cfg, len(runs), sweep.manifest.get("environment", {}).get("gpu_count") or 0)
+    if not n:
+        return None
+    log = sweep.log
+    log(f"precompile: {len(runs)} runs, {n} at a time (filling torch.compile's caches; "
+        "each process's output is in .runs/<run_id>.warm.log)", flush=True)
+    t_start = time.perf_counter()
+    queue, active, record = list(runs), {}, {}
+    try:
+        while queue or active:
+            while queue and len(active) < n:
+                run = queue.pop(0)
+                _, _, log_path = sweep._files(run, warm=True)
+                active[run["run_id"]] = (run, sweep._launch(run, log_path=log_path, warm=True), time.perf_counter())
+            time.sleep(poll_s)
+            for rid in list(active):
+                run, proc, t0 = active[rid]
+                res = _poll(sweep, run, proc, t0)
+                if res is None:
+                    continue
+                del active[rid]
+                info = res.get("info") or {}
+                record[rid] = dict(status=res["status"], reason=res.get("reason", "")[:200],
+                                   wall_s=round(time.perf_counter() - t0, 2),
+                                   compile_cache=info.get("compile_cache"))
+                log(f"  warm {len(record)}/{len(runs)} {run['attention']} seq_len={run['seq_len']}: "
+                    f"{res['status']} in {record[rid]['wall_s']:.0f} s", flush=True)
+    except KeyboardInterrupt:
+        for _, proc, _ in active.values():
+            sweep.stop(proc, kill=True)
+        raise
+    wall = time.perf_counter() - t_start
+    log(f"precompile: done in {wall:.0f} s; the runs now start from warm caches", flush=True)
+    return dict(workers=n, runs=len(runs), wall_s=round(wall, 2), results=record)
+
+
+def _poll(sweep, run: dict, proc, t0: float) -> dict | None:
+    rc = proc.poll()
+    if rc is not None:
+        return sweep._collect(run, rc, warm=True)
+    if sweep.cfg.timeout_s is not None and time.perf_counter() - t0 > sweep.cfg.timeout_s:
+        sweep.stop(proc, kill=True)
+        return dict(status="timeout", reason=f"no result within {sweep.cfg.timeout_s} s")
+    return None
