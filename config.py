@@ -40,7 +40,7 @@ class Config:
     compile: bool = False                    # torch.compile the model (GPU presets turn it on)
     precompile: int | str = "auto"           # processes that compile the runs side by side before the
                                              # measured runs (filling torch's compile caches); 0 = off,
-                                             # auto = CPU cores // 3 (max 8) on a GPU, else 0
+                                             # auto = CPU cores // 4 (max 8) on a GPU, else 0
     lr: float = 3e-4                         # AdamW; a common GPT-2 small fine-tuning rate
     seed: int = 0                            # same data order and init for every attention
     attention_params: dict = field(default_factory=dict)  # e.g. {"sliding_window": {"window": 128}}

@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     a("--dtype", help="auto, bf16, fp16 or fp32")
     a("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     a("--precompile", metavar="N|auto", help="compile the runs N at a time before measuring them one by "
-      "one (fills torch.compile's caches); 0 = off; auto = CPU cores // 3 on a GPU")
+      "one (fills torch.compile's caches); 0 = off; auto = CPU cores // 4 on a GPU")
     a("--timeout", type=float, help="seconds per run before it is stopped (status timeout)")
     a("--out", help="results root folder (default results/)")
     a("--resume", metavar="DIR", help="continue the sweep in results folder DIR")

@@ -24,13 +24,14 @@ from config import Config
 
 
 def workers(cfg: Config, n_runs: int, gpu_count: int) -> int:
-    """How many warm processes: the config's number, or auto = CPU cores // 3 (at most 8) when the
-    runs are on a GPU (compiling is CPU work: a Python thread plus Triton's compile workers), 0 on
-    a CPU (the runs themselves need the cores) and when no run compiles anything."""
+    """How many warm processes: the config's number, or auto = CPU cores // 4 (at most 8) when the
+    runs are on a GPU (compiling is CPU work: a Python thread plus Triton's compile workers; and
+    each warm process holds a training step's memory on the GPU), 0 on a CPU (the runs
+    themselves need the cores) and when no run compiles anything."""
     n = cfg.precompile
     if n == "auto":
         on_gpu = cfg.device != "cpu" and gpu_count > 0
-        n = min(8, (os.cpu_count() or 1) // 3) if on_gpu else 0
+        n = min(8, (os.cpu_count() or 1) // 4) if on_gpu else 0
     return max(0, min(int(n), n_runs))
 
 
@@ -41,9 +42,10 @@ def compiles(cfg: Config, run: dict) -> bool:
 
 def run_phase(sweep, todo: list[dict], poll_s: float = 0.2) -> dict | None:
     """Warm the caches for the pending runs that compile; returns the manifest's record of it."""
-    # Flex-based runs compile longest: they go first, so the phase does not end on one of them.
+    # Flex-based runs compile longest: they go first, so the phase does not end on one of them;
+    # baseline (eager attention, the most memory) last, so it meets the fewest others on the GPU.
     runs = sorted((r for r in todo if compiles(sweep.cfg, r)),
-                  key=lambda r: not attentions.get(r["attention"]).compiles)
+                  key=lambda r: (not attentions.get(r["attention"]).compiles, r["attention"] == "baseline"))
     n = workers(sweep.cfg, len(runs), sweep.manifest.get("environment", {}).get("gpu_count") or 0)
     if not n:
         return None

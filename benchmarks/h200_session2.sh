@@ -5,7 +5,7 @@
 #   OUT=/some/dir BUDGET_S=570 bash benchmarks/h200_session2.sh full_test overhead kernels
 # Steps:
 #   full_test  the full_test preset, gpt2, all nine attentions, batch 32, compiled, with the
-#              precompile phase (auto: CPU cores // 3 processes), wall time measured (target < 10 min)
+#              precompile phase (auto: CPU cores // 4 processes), wall time measured (target < 10 min)
 #   overhead   benchmarks/metrics_overhead.py (gpt2, seq 1024, every sampler on vs none)
 #   kernels    the kernel targets at 131072 tokens per size: flex vs SDPA-flash at T = 1024..4096,
 #              sliding_window vs flex at T = 16384
