@@ -115,6 +115,21 @@ def median_interval(values) -> tuple[float, float, float]:
     return med, float(v[k]), float(v[n - 1 - k])
 
 
+def _total(values) -> float:
+    """Sum, or NaN if any value is missing: never a partial total."""
+    values = list(values)
+    return float(sum(values)) if values and all(v == v for v in values) else math.nan
+
+
+def _run_value(m, meas: pd.DataFrame, vals: list) -> float:
+    if m.agg == "last":
+        return float(vals[-1]) if vals else math.nan
+    if m.agg == "sum":
+        return _total(vals)
+    num, den = (_total(meas[c]) if c in meas else math.nan for c in m.of)
+    return num / den if den else math.nan
+
+
 def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     """One row per run: identity, status, and median + 95% interval of each metric."""
     if "rank" in batches.columns:  # torchrun: one row per rank per step -> one row per global step
@@ -129,8 +144,8 @@ def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
         row["n_measured"] = len(meas)
         for m in METRICS:
             vals = meas[m.column].tolist() if m.column in meas else []
-            if m.agg == "last":
-                row[m.column] = float(vals[-1]) if vals else math.nan
+            if m.agg in ("last", "sum", "ratio"):  # one value per run, no interval
+                row[m.column] = _run_value(m, meas, vals)
                 row[f"{m.column}_lo"] = row[f"{m.column}_hi"] = row[m.column]
             else:
                 row[m.column], row[f"{m.column}_lo"], row[f"{m.column}_hi"] = median_interval(vals)

@@ -109,6 +109,11 @@ def measure(name, T, args, device, dtype):
         torch._dynamo.reset()  # a fresh compile per (mechanism, T): no recompile limit reached
     call, inputs = attention_call(spec, params, B, H, T, D, dtype, device)
     if args.compile:
+        # One eager call first, as train.py does: it builds the mechanism's BlockMask / dense mask
+        # into its cache outside the graph. Traced instead, create_block_mask at T = 16384 kept
+        # the H200 compiling for minutes (the session-2 run of flex at T = 16384 timed out).
+        with torch.no_grad():
+            call()
         call = torch.compile(call)
     row["compiled"] = bool(args.compile)
     t0 = time.perf_counter()  # warm-up includes torch.compile (flex) and the backend probes

@@ -6,7 +6,9 @@ Units are SI: MB = 10^6 bytes, GB = 10^9 bytes, W, J, s.
 `agg` says how summary.csv reduces the measured batches of one run:
   "median" -> median and 95% interval over measured batches;
   "last"   -> constant per run (model size), the last value;
-  "sum"    -> summed over measured batches (energy);
+  "sum"    -> summed over measured batches (energy: the run-level total, no interval);
+  "ratio"  -> sum of one column / sum of another over measured batches (`of`: joules per token,
+              the run-level value: per-step energies are coarse, their sums exact);
   "none"   -> not summarised (flags in QUALITY_COLUMNS).
 """
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ class Metric:
     agg: str = "median"
     seed: str | None = None   # the original project's name for it, if any
     higher_is_better: bool = False
+    of: tuple[str, str] | None = None   # agg "ratio": (numerator column, denominator column)
 
     @property
     def label(self) -> str:
@@ -57,8 +60,10 @@ DERIVED_METRICS = [
     Metric("tflops_per_s", "TFLOP/s", "flops / train_time_s / 1e12", higher_is_better=True),
     Metric("mfu", "fraction", "PaLM flops/token (6N + 12*L*H*Q*T, metrics/flops.py) x tokens_per_s / the "
            "GPU's peak dense bf16/fp16 FLOP/s (metrics/peak.py; NaN if unknown)", higher_is_better=True),
-    Metric("energy_j", "J", "GPU energy over the step from NVML's cumulative counter", "sum"),
-    Metric("joules_per_token", "J/token", "energy_j / tokens"),
+    Metric("energy_j", "J", "GPU energy over the step from NVML's cumulative counter (summary: the total "
+           "over measured steps)", "sum"),
+    Metric("joules_per_token", "J/token", "energy_j / tokens (summary: total energy / total tokens of the "
+           "measured steps)", "ratio", of=("energy_j", "tokens")),
     Metric("gpu_memory_reserved_mb", "MB", "peak torch-reserved GPU memory within the step"),
     Metric("gpu_memory_nvml_mb", "MB", "device memory in use, NVML (all processes), max over the step's samples"),
 ]

@@ -111,6 +111,7 @@ class Meter:
         step's window is only fully covered by samples taken after it ended."""
         self.sampler.stop()
         self.sampler.sample_once()
+        self._sample_after_counter_update()
         counter = self._counter_points()
         for row, t0, t1 in self._windows:
             row.update(self._sampled(t0, t1, counter))
@@ -167,12 +168,24 @@ class Meter:
                 "samples_in_window": 0 if fallback else len(samples), "sample_fallback": fallback,
                 "energy_j": energy_j, "energy_flag": flag}
 
+    def _sample_after_counter_update(self, limit_s: float = 0.3) -> None:
+        """One more sample once the energy counter has moved on from its last value, so the
+        counter's last update point lies after the last step (see counter_updates)."""
+        last = self.energy_counter_j()
+        if last != last:
+            return
+        end = time.perf_counter() + limit_s
+        while time.perf_counter() < end:
+            time.sleep(0.005)
+            if self.energy_counter_j() != last:
+                self.sampler.sample_once()
+                return
+
     def _counter_points(self) -> tuple[list, list]:
-        """(times, energy J) of the samples where the energy counter was read."""
+        """(times, energy J) of the energy counter's updates, from the sampled series."""
         times, values = self.sampler.series()
         k = SERIES_FIELDS.index("energy_counter_j")
-        pts = [(t, v[k]) for t, v in zip(times, values) if v[k] == v[k]]
-        return [p[0] for p in pts], [p[1] for p in pts]
+        return counter_updates([(t, v[k]) for t, v in zip(times, values) if v[k] == v[k]])
 
     def _reset_torch_peak(self) -> bool:
         """Start a new peak for this step; False (the step's peaks are NaN) if that failed."""
@@ -223,6 +236,24 @@ class Meter:
                     "samples": len(self.sampler), "sampler_errors": list(self.sampler.errors),
                     "nan_reasons": reasons})
         return out
+
+
+def counter_updates(points: list[tuple[float, float]]) -> tuple[list, list]:
+    """NVML's energy counter moves about every 100 ms, and the sampler reads it about every
+    50 ms, so consecutive readings repeat. Interpolating linearly between raw readings turns that
+    staircase into per-step energies that alternate high and low (on the H200: 25 to 76 J for
+    steps of 65 ms at constant power) and bias their median. Instead keep the first reading and
+    every change, each dated midway between the last reading of the old value and the first of
+    the new (within a quarter of the update period of the real update); interpolating between
+    those follows the energy actually spent, and the deltas of consecutive steps still add up
+    to the counter's own difference."""
+    if not points:
+        return [], []
+    kept = [points[0]]
+    for (ta, ea), (tb, eb) in zip(points, points[1:]):
+        if eb != ea:
+            kept.append(((ta + tb) / 2, eb))
+    return [p[0] for p in kept], [p[1] for p in kept]
 
 
 def _counter_at(counter, t: float) -> float:

@@ -3,6 +3,7 @@ file write and read, a fake NVML with known power and energy, the FLOP formula a
 FlopCounterMode, the PaLM formula against a hand count, the peak table."""
 import math
 import os
+import statistics
 import sys
 import time
 import types
@@ -335,3 +336,23 @@ def test_peak_depends_on_dtype():
     assert math.isnan(value) and "BF16" in why
     assert math.isnan(peak_tflops("NVIDIA H200", torch.float32))
     assert math.isnan(peak_tflops(torch.device("cpu"), torch.bfloat16))
+
+
+def test_energy_counter_staircase_gives_even_per_step_energy():
+    """NVML's counter moves every 100 ms, sampled every 50 ms: per-step energies of 65 ms steps at
+    a constant 100 W must come out near 6.5 J each, not alternating high and low (the H200 gave
+    25 to 76 J for 46 J steps when raw readings were interpolated)."""
+    from metrics.meter import _counter_at, counter_updates
+    power, period = 100.0, 0.1
+    reads = [(0.003 + 0.05 * i + 0.004 * (i % 3), None) for i in range(200)]
+    points = [(t, power * period * math.floor(t / period)) for t, _ in reads]  # counter value at read time
+    counter = counter_updates(points)
+    steps = [(0.5 + 0.065 * i, 0.5 + 0.065 * (i + 1)) for i in range(120)]
+    energies = [_counter_at(counter, b) - _counter_at(counter, a) for a, b in steps]
+    assert all(4.5 < e < 8.5 for e in energies), sorted(energies)[:3] + sorted(energies)[-3:]
+    assert statistics.median(energies) == pytest.approx(6.5, rel=0.05)
+    raw = ([p[0] for p in points], [p[1] for p in points])  # what the old interpolation saw
+    raw_e = [_counter_at(raw, b) - _counter_at(raw, a) for a, b in steps]
+    assert max(raw_e) - min(raw_e) > 2 * (max(energies) - min(energies))
+    total = _counter_at(counter, steps[-1][1]) - _counter_at(counter, steps[0][0])
+    assert sum(energies) == pytest.approx(total)  # consecutive deltas still add up

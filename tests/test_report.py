@@ -3,6 +3,7 @@ loading and its errors, the summary table, every plot file, bar heights read bac
 figure, OOM marks, ratios of a comparison against hand-computed ones, report.md's links, and
 the friendly first visit of show().
 """
+import math
 import json
 from pathlib import Path
 import shutil
@@ -295,3 +296,17 @@ def test_latest_unfinished_finds_a_sweep_cut_off(tmp_path):
     assert report.latest_unfinished(tmp_path / "none") is None
     # the full_test sweep was cut off before gqa (the device time ran out): it is the one to resume
     assert report.latest_unfinished(REFERENCE).endswith("20261129-093912_h200_full_test")
+
+
+def test_summary_energy_is_the_run_total_and_joules_per_token_a_ratio_of_sums():
+    import results
+    rows = [dict(run_id="r", phase=ph, energy_j=e, tokens=t, train_time_s=0.1)
+            for ph, e, t in [("warmup", 99.0, 100), ("measure", 10.0, 100), ("measure", 30.0, 100),
+                             ("measure", 20.0, 200)]]
+    run = dict(run_id="r", model="tiny", attention="sdpa", seq_len=8, status="ok")
+    s = results.summarize(pd.DataFrame(rows), [run]).iloc[0]
+    assert s["energy_j"] == s["energy_j_lo"] == s["energy_j_hi"] == 60.0  # warm-up excluded
+    assert s["joules_per_token"] == pytest.approx(60.0 / 400)  # not the median of 0.1, 0.3, 0.1
+    rows[2]["energy_j"] = float("nan")
+    s = results.summarize(pd.DataFrame(rows), [run]).iloc[0]
+    assert math.isnan(s["energy_j"]) and math.isnan(s["joules_per_token"])  # never a partial total
