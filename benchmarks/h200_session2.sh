@@ -11,6 +11,9 @@
 #              sliding_window vs flex at T = 16384
 #   scaling1, scaling2  the scaling preset, shard 1/2 or 2/2 (merged afterwards with main.py merge)
 #   scaleout1  benchmarks/scaleout.sh with ONE_GPU=1: the --gpus pool and torchrun DDP on one GPU
+#   full_test_medium, full_test_large  the full_test preset (batch 8, the preset's) for gpt2-medium
+#              and gpt2-large; not run yet (device time), about 10 and 13 minutes expected: run each
+#              alone, then `main.py --resume` if the call's limit cuts one off
 set -uo pipefail
 OUT=${OUT:-out}
 W=$OUT/w
@@ -48,6 +51,8 @@ for s in "$@"; do
     scaling1|scaling2) step "$s" 200 python3 main.py --preset scaling --offline --shard "${s#scaling}/2" \
                  --out "$W/scaling" ;;
     scaleout1) step scaleout1 120 env ONE_GPU=1 bash benchmarks/scaleout.sh "$W/scaleout_1gpu" ;;
+    full_test_medium|full_test_large) step "$s" 300 python3 main.py --preset full_test --offline \
+                 --model "gpt2-${s#full_test_}" --out "$W/full_test" ;;
     *) echo "unknown step $s" ;;
   esac
 done

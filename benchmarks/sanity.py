@@ -46,11 +46,12 @@ def check(folder: Path, gpu_memory_mb: float | None = None) -> list[tuple[str, b
         out.append(("memory under the card's size", mem < gpu_memory_mb,
                     f"max {mem:,.0f} MB of {gpu_memory_mb:,.0f} MB"))
     long, short = [], []
+    window = "window_s" if "window_s" in b else "train_time_s"  # older folders have no window_s
     for rid, g in b.groupby("run_id"):
         counter = g["energy_j"].sum()
-        integral = (g["gpu_power_w"] * g["window_s"]).sum()
+        integral = (g["gpu_power_w"] * g[window]).sum()
         if counter > 0 and math.isfinite(integral):
-            (long if g["window_s"].sum() >= MIN_COMPARE_S else short).append((integral / counter - 1, rid))
+            (long if g[window].sum() >= MIN_COMPARE_S else short).append((integral / counter - 1, rid))
     if long:
         diff, rid = max(long, key=lambda x: abs(x[0]))
         out.append(("energy counter vs power integral", abs(diff) < ENERGY_TOLERANCE,
