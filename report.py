@@ -295,10 +295,15 @@ def timing_table(result: Result) -> pd.DataFrame:
 def sweep_time(manifest: dict) -> str:
     """One line: the sweep's wall time, and its precompile phase if it had one."""
     from datetime import datetime
+    def minutes(m):
+        return (datetime.fromisoformat(m["finished"]) - datetime.fromisoformat(m["created"])).total_seconds() / 60
     line = ""
-    if manifest.get("created") and manifest.get("finished") and not manifest.get("resumed"):
-        wall = (datetime.fromisoformat(manifest["finished"]) - datetime.fromisoformat(manifest["created"]))
-        line = f"sweep wall time {wall.total_seconds() / 60:.1f} min"
+    if "merge" in manifest:  # joined shards: each shard's own wall time
+        times = [t for t in manifest["merge"].get("shard_times", {}).values() if t.get("created") and t.get("finished")]
+        if times:
+            line = f"sweep wall time {sum(map(minutes, times)):.1f} min over {len(times)} shards"
+    elif manifest.get("created") and manifest.get("finished") and not manifest.get("resumed"):
+        line = f"sweep wall time {minutes(manifest):.1f} min"
     for pc in manifest.get("precompile", []):
         line += (f"{'; ' if line else ''}precompile: {pc['runs']} runs compiled {pc['workers']} at a time "
                  f"in {pc['wall_s']:.0f} s")

@@ -116,6 +116,11 @@ def _write(folder: Path, chosen: dict, order: dict, done: list[dict]) -> None:
     results.write_csv(folder / "summary.csv", results.summarize(batches, done))
 
 
+def _commit(mans: list[dict]) -> str:
+    commits = sorted({str(m.get("git_commit")) for m in mans})
+    return commits[0] if len(commits) == 1 else "shards ran different commits: " + ", ".join(commits)
+
+
 def merge(folders: list[str], out: str | None = None, log=print) -> Path:
     """Join shard folders into one results folder; duplicates and missing runs are reported."""
     import results
@@ -135,9 +140,12 @@ def merge(folders: list[str], out: str | None = None, log=print) -> Path:
     _write(folder, chosen, {r: i for i, r in enumerate(plan_ids)}, done)
     now = datetime.now().isoformat(timespec="seconds")
     complete = not (report["missing"] or report["unfinished"])
+    report["shard_times"] = {str(f): dict(created=m.get("created"), finished=m.get("finished"))
+                             for f, m in zip(folders, mans)}
     results.write_json(folder / "manifest.json", dict(
         mans[0], created=now, finished=now if complete else None, runs=runs, shard=None, merge=report,
-        command=" ".join(sys.argv), environments={str(f): m.get("environment") for f, m in zip(folders, mans)}))
+        command=" ".join(sys.argv), environments={str(f): m.get("environment") for f, m in zip(folders, mans)},
+        precompile=[pc for m in mans for pc in m.get("precompile", [])], git_commit=_commit(mans)))
     log(f"merged {len(folders)} folders: {len(done)} of {len(plan_ids)} runs finished -> {folder}")
     for what, ids in (("duplicates (first finished copy kept)", [d["run_id"] for d in dups]),
                       ("missing (in the plan, in no shard)", report["missing"]),

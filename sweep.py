@@ -47,10 +47,17 @@ def plan(cfg: Config) -> list[dict]:
 
 
 def _git_commit() -> str:
+    """HEAD, and whether the tracked files differ from it: a copied working tree (a remote GPU
+    machine) can carry code that HEAD there does not have, and the manifest must not pretend."""
     try:
         p = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=ROOT, capture_output=True,
                            text=True, timeout=5)
-        return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else "unknown (no git history)"
+        if p.returncode != 0 or not p.stdout.strip():
+            return "unknown (no git history)"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10)
+        return p.stdout.strip() + (" + uncommitted changes" if dirty.returncode == 0 and dirty.stdout.strip()
+                                   else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -181,6 +181,9 @@ def test_merge_rebuilds_the_unsharded_summary(shards, tmp_path, monkeypatch):
     assert gb["loss"].tolist() == pytest.approx(wb["loss"].tolist(), rel=1e-6)
     merged = json.loads((folder / "manifest.json").read_text())
     assert merged["merge"]["missing"] == [] and merged["merge"]["duplicates"] == [] and merged["finished"]
+    assert len(merged["merge"]["shard_times"]) == 3  # the merged folder's wall time is its shards'
+    import report
+    assert report.sweep_time(merged).endswith("over 3 shards")
 
 
 def test_merge_reports_duplicates_and_missing(shards, tmp_path, monkeypatch, capsys):
