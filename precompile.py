@@ -21,6 +21,7 @@ import time
 
 import attentions
 from config import Config
+from scaleout import pin_env
 
 
 def workers(cfg: Config, n_runs: int, gpu_count: int) -> int:
@@ -40,8 +41,10 @@ def compiles(cfg: Config, run: dict) -> bool:
     return cfg.compile or attentions.get(run["attention"]).compiles
 
 
-def run_phase(sweep, todo: list[dict], poll_s: float = 0.2) -> dict | None:
-    """Warm the caches for the pending runs that compile; returns the manifest's record of it."""
+def run_phase(sweep, todo: list[dict], gpus: list[int] | None = None, poll_s: float = 0.2) -> dict | None:
+    """Warm the caches for the pending runs that compile; returns the manifest's record of it.
+    gpus (the --gpus pool): warm processes are pinned to those GPUs in turn, spreading their
+    memory; the caches are the host's, so a graph warmed on one GPU serves the same model on all."""
     # Flex-based runs compile longest: they go first, so the phase does not end on one of them;
     # baseline (eager attention, the most memory) last, so it meets the fewest others on the GPU.
     runs = sorted((r for r in todo if compiles(sweep.cfg, r)),
@@ -53,13 +56,16 @@ def run_phase(sweep, todo: list[dict], poll_s: float = 0.2) -> dict | None:
     log(f"precompile: {len(runs)} runs, {n} at a time (filling torch.compile's caches; "
         "each process's output is in .runs/<run_id>.warm.log)", flush=True)
     t_start = time.perf_counter()
-    queue, active, record = list(runs), {}, {}
+    queue, active, record, started = list(runs), {}, {}, 0
     try:
         while queue or active:
             while queue and len(active) < n:
                 run = queue.pop(0)
                 _, _, log_path = sweep._files(run, warm=True)
-                active[run["run_id"]] = (run, sweep._launch(run, log_path=log_path, warm=True), time.perf_counter())
+                pin = pin_env(gpus[started % len(gpus)]) if gpus else None
+                started += 1
+                active[run["run_id"]] = (run, sweep._launch(run, pin, log_path=log_path, warm=True),
+                                         time.perf_counter())
             time.sleep(poll_s)
             for rid in list(active):
                 run, proc, t0 = active[rid]

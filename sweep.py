@@ -154,13 +154,13 @@ class Sweep:
         if skipped:
             self.log(f"resuming: {skipped} of {len(self.runs)} runs already done, {len(todo)} to go")
         try:
+            warmed = precompile.run_phase(self, todo, gpus)
+            if warmed:
+                self.manifest.setdefault("precompile", []).append(warmed)
+                self.save()
             if gpus:
                 scaleout.run_pool(self, todo, gpus, skipped)
             else:
-                warmed = precompile.run_phase(self, todo)
-                if warmed:
-                    self.manifest.setdefault("precompile", []).append(warmed)
-                    self.save()
                 with self._progress(len(todo), skipped) as bar:
                     for i, run in enumerate(todo, 1):
                         self._run_one(run, f"[{skipped + i}/{len(self.runs)}]")

@@ -143,3 +143,40 @@ def test_precompile_auto_is_off_on_cpu_and_bounded():
     assert precompile.workers(cfg, 2, gpu_count=0) == 2  # never more processes than runs
     cfg.compile = False  # only flex-based runs compile their own kernel then
     assert precompile.compiles(cfg, dict(attention="flex")) and not precompile.compiles(cfg, dict(attention="sdpa"))
+
+
+def test_precompile_pins_warm_processes_to_the_pool_gpus_in_turn(tmp_path):
+    """With --gpus the warm processes go round the pool's GPUs (their memory spread), at most
+    `precompile` at a time, and every run that compiles is warmed once."""
+    import precompile
+
+    class Proc:
+        def poll(self):
+            return 0
+
+    class FakeSweep:
+        cfg = config.get_preset("smoke")
+        manifest = {"environment": {"gpu_count": 2}}
+        log = staticmethod(lambda *a, **k: None)
+
+        def __init__(self):
+            self.launched, self.running, self.most = [], 0, 0
+
+        def _files(self, run, warm=False):
+            return None, None, tmp_path / f"{run['run_id']}.warm.log"
+
+        def _launch(self, run, env_extra=None, log_path=None, warm=False):
+            assert warm
+            self.launched.append((run["run_id"], env_extra["CUDA_VISIBLE_DEVICES"]))
+            return Proc()
+
+        def _collect(self, run, rc, warm=False):
+            return {"status": "ok", "info": {"compile_cache": {"aot_miss": 1}}}
+
+    sweep_ = FakeSweep()
+    sweep_.cfg.compile, sweep_.cfg.precompile = True, 2
+    runs = [dict(run_id=f"r{i}", attention=a, seq_len=64) for i, a in enumerate(["sdpa", "flex", "linear"])]
+    record = precompile.run_phase(sweep_, runs, gpus=[3, 5], poll_s=0.0)
+    assert record["workers"] == 2 and set(record["results"]) == {"r0", "r1", "r2"}
+    assert [gpu for _, gpu in sweep_.launched] == ["3", "5", "3"]
+    assert sweep_.launched[0][0] == "r1"  # flex compiles longest: warmed first
