@@ -146,7 +146,7 @@ def global_loss(loss):
 
 # -- per-rank rows -> one result, one row per global step -----------------------------------------
 
-SUM = ("tokens", "real_tokens", "flops", "energy_j", "gpu_power_w", "cpu_percent", "memory_gb",
+SUM = ("tokens", "real_tokens", "flops", "energy_j", "gpu_power_w", "gpu_power_counter_w", "cpu_percent", "memory_gb",
        "disk_read_mb", "disk_write_mb")             # resources every rank spends: add them up
 MAX = ("train_time_s", "forward_time_s", "backward_time_s", "optimizer_time_s", "inference_time_s",
        "window_s", "gpu_memory_mb", "gpu_memory_reserved_mb", "gpu_memory_nvml_mb")  # slowest / per-GPU peak

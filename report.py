@@ -150,6 +150,7 @@ def not_measured(result: Result) -> dict[str, str]:
     reasons = dict(result.manifest.get("metrics", {}).get("nan_reasons", {}))
     # Derived columns inherit the reason of what they are derived from.
     reasons.setdefault("joules_per_token", reasons.get("energy_j", ""))
+    reasons.setdefault("gpu_power_counter_w", reasons.get("energy_j", ""))
     reasons.setdefault("mfu", "no peak FLOP/s known for this device (metrics/peak.py)")
     return {m.column: reasons.get(m.column) or "no value in any run" for m in METRICS
             if not plots.measured(result.summary, m.column)}

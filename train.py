@@ -178,6 +178,7 @@ def run(cfg: Config, run: dict, log=print) -> dict:
     for row, m in zip(rows, windows):
         row.update(m)
         row["joules_per_token"] = row["energy_j"] / row["tokens"]
+        row["gpu_power_counter_w"] = row["energy_j"] / row["window_s"] if row["window_s"] > 0 else math.nan
     measured = [r for r in rows if r["phase"] == "measure"]
     tokens = sum(r["tokens"] for r in measured)
     first = rows[0]["train_time_s"]

@@ -64,6 +64,9 @@ DERIVED_METRICS = [
            "over measured steps)", "sum"),
     Metric("joules_per_token", "J/token", "energy_j / tokens (summary: total energy / total tokens of the "
            "measured steps)", "ratio", of=("energy_j", "tokens")),
+    Metric("gpu_power_counter_w", "W", "mean board power over the step from NVML's energy counter "
+           "(energy_j / window_s; not the ~1 s trailing average gpu_power_w reads; summary: total energy / "
+           "total time of the measured steps)", "ratio", of=("energy_j", "window_s")),
     Metric("gpu_memory_reserved_mb", "MB", "peak torch-reserved GPU memory within the step"),
     Metric("gpu_memory_nvml_mb", "MB", "device memory in use, NVML (all processes), max over the step's samples"),
 ]

@@ -19,7 +19,7 @@ from metrics.catalog import ID_COLUMNS, METRICS  # noqa: E402
 SPEED = {"baseline": 1.0, "sdpa": 0.7, "flash": 0.5, "flex": 0.6, "flex_sparse": 0.45,
          "sliding_window": 0.4, "linear": 0.35, "lsh": 0.9, "gqa": 0.65, "tiny": 1.0}
 SIZE = {"tiny": 0.05, "gpt2": 1.0, "gpt2-medium": 2.8, "gpt2-large": 6.2}
-GPU_ONLY = ["gpu_memory_mb", "gpu_power_w", "gpu_util_percent", "energy_j", "joules_per_token",
+GPU_ONLY = ["gpu_memory_mb", "gpu_power_w", "gpu_power_counter_w", "gpu_util_percent", "energy_j", "joules_per_token",
             "gpu_memory_reserved_mb", "gpu_memory_nvml_mb", "mfu"]
 
 
@@ -47,6 +47,7 @@ def _batch_rows(run: dict, steps: int, warmup: int, bpe: int, device: str, rng) 
                        gpu_util_percent=90 + 5 * noise, gpu_memory_reserved_mb=1.1 * 1500 * SIZE[model],
                        gpu_memory_nvml_mb=2000 * SIZE[model], energy_j=280 * tr)
             row["joules_per_token"] = row["energy_j"] / (B * T)
+            row["gpu_power_counter_w"] = 280.0
         rows.append(row | {"samples_in_window": 5, "sample_fallback": False, "energy_flag": ""})
     return rows
 

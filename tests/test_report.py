@@ -304,13 +304,14 @@ def test_latest_unfinished_finds_a_sweep_cut_off(tmp_path):
 
 def test_summary_energy_is_the_run_total_and_joules_per_token_a_ratio_of_sums():
     import results
-    rows = [dict(run_id="r", phase=ph, energy_j=e, tokens=t, train_time_s=0.1)
-            for ph, e, t in [("warmup", 99.0, 100), ("measure", 10.0, 100), ("measure", 30.0, 100),
-                             ("measure", 20.0, 200)]]
+    rows = [dict(run_id="r", phase=ph, energy_j=e, tokens=t, train_time_s=0.1, window_s=w)
+            for ph, e, t, w in [("warmup", 99.0, 100, 9.0), ("measure", 10.0, 100, 0.1),
+                                ("measure", 30.0, 100, 0.1), ("measure", 20.0, 200, 0.2)]]
     run = dict(run_id="r", model="tiny", attention="sdpa", seq_len=8, status="ok")
     s = results.summarize(pd.DataFrame(rows), [run]).iloc[0]
     assert s["energy_j"] == s["energy_j_lo"] == s["energy_j_hi"] == 60.0  # warm-up excluded
     assert s["joules_per_token"] == pytest.approx(60.0 / 400)  # not the median of 0.1, 0.3, 0.1
+    assert s["gpu_power_counter_w"] == pytest.approx(60.0 / 0.4)  # energy over the time it was spent in
     rows[2]["energy_j"] = float("nan")
     s = results.summarize(pd.DataFrame(rows), [run]).iloc[0]
     assert math.isnan(s["energy_j"]) and math.isnan(s["joules_per_token"])  # never a partial total
