@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 import plots
+import timing
 from cells import display, latest_unfinished, run_main, system_info  # noqa: F401  (report.* is the notebook's one import)
 from errors import UserError
 from metrics.catalog import METRICS, label
@@ -215,7 +216,8 @@ def write_report(folder, plot_paths=None) -> Path:
     env, m = r.manifest.get("environment", {}), r.manifest
     gpu = f"{env['gpu']} (driver {env.get('driver')}, CUDA {env.get('cuda')})" if env.get("gpu") else "none"
     md = [f"# attention-bench: {m.get('preset', '?')}, {r.folder.name}", "",
-          f"- created {m.get('created')}, finished {m.get('finished') or 'not finished'}; git {m.get('git_commit')}",
+          f"- created {m.get('created')}, finished {m.get('finished') or 'not finished'}; git {m.get('git_commit')}"
+          + (f" (code that ran: {timing.commits(m['code_commits'])})" if m.get("code_commits") else ""),
           f"- GPU {gpu}; "
           f"CPU {env.get('cpu')} x{env.get('cpu_count')}; torch {env.get('torch')}, "
           f"transformers {env.get('transformers')}", "", "## Summary (medians over measured batches)", "",
@@ -223,10 +225,10 @@ def write_report(folder, plot_paths=None) -> Path:
     md += ["## Not measured on this machine", ""] + ([f"- {label(c)}: {why}" for c, why in not_measured(r).items()]
                                                      or ["everything was measured"])
     md += ["", "## Runs without a result", ""] + ([f"- {x}" for x in failures(r)] or ["none"])
-    timing = timing_table(r)
-    if len(timing):
-        md += ["", "## Where the time went", "", sweep_time(m) or "(a resumed sweep: see each run's wall time)",
-               "", _md_table(timing)]
+    table = timing.timing_table(r.manifest)
+    if len(table):
+        md += ["", "## Where the time went", "", timing.sweep_time(m) or "(a resumed sweep: see each run's wall time)",
+               "", _md_table(table)]
     for (model, T), g in r.summary.groupby(["model", "seq_len"], sort=False):
         if (g.status == "ok").any():
             md += ["", f"## {model}, seq_len {T}: all metrics", "", _md_table(_interval_table(g))]
@@ -252,8 +254,8 @@ def show(n=1, root="results", all_plots: bool = False) -> None:
           f"{'finished ' + str(m['finished']) if m.get('finished') else 'NOT finished'}; "
           f"GPU {env.get('gpu') or 'none'}; torch {env.get('torch')}; git {str(m.get('git_commit'))[:10]}")
     print("  runs: " + ", ".join(f"{v} {k}" for k, v in summary_table(r).status.value_counts().items()))
-    if sweep_time(m):
-        print(f"  {sweep_time(m)}")
+    if timing.sweep_time(m):
+        print(f"  {timing.sweep_time(m)}")
     if not m.get("finished"):
         print(f"  this sweep did not finish: `python main.py --resume {r.folder}` runs the rest")
     display(summary_table(r))
@@ -267,48 +269,6 @@ def show(n=1, root="results", all_plots: bool = False) -> None:
     pngs = sorted((r.folder / "plots").glob("*.png"), key=_plot_rank) or make_plots(r.folder)  # from the CSVs
     display(images=pngs if all_plots else [p for p in pngs if p.stem in ("overview", "loss_curves")])
     print(f"all {len(pngs)} plots in {r.folder / 'plots'}; report: {r.folder / 'report.md'}")
-
-
-TIMING = [("wall_s", "run wall (s)"), ("compile_time_s", "train compile (s)"),
-          ("inference_compile_s", "inference compile (s)"), ("steps_s", "steps (s)"),
-          ("inference_s", "inference (s)"), ("setup_s", "setup (s)")]
-
-
-def timing_table(result: Result) -> pd.DataFrame:
-    """Where each run's wall time went, from the manifest: compile (training graph, no-grad
-    graph), the steps, the timed inference forwards, model and data setup; plus compile-cache
-    hits/misses when the sweep's precompile phase warmed them."""
-    rows = []
-    for run in result.manifest.get("runs", []):
-        if "wall_s" not in run:
-            continue
-        ph = {**(run.get("phases") or {}), **run}
-        row = {"attention": run["attention"], "model": run["model"], "seq_len": run["seq_len"],
-               "status": run["status"]}
-        row.update({name: _sig(float(ph[k]), 3) if ph.get(k) is not None else math.nan for k, name in TIMING})
-        cache = run.get("compile_cache")
-        if cache and any(cache.values()):
-            row["compile cache hit/miss"] = f"{cache['aot_hit'] + cache['fx_hit']}/{cache['aot_miss'] + cache['fx_miss']}"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def sweep_time(manifest: dict) -> str:
-    """One line: the sweep's wall time, and its precompile phase if it had one."""
-    from datetime import datetime
-    def minutes(m):
-        return (datetime.fromisoformat(m["finished"]) - datetime.fromisoformat(m["created"])).total_seconds() / 60
-    line = ""
-    if "merge" in manifest:  # joined shards: each shard's own wall time
-        times = [t for t in manifest["merge"].get("shard_times", {}).values() if t.get("created") and t.get("finished")]
-        if times:
-            line = f"sweep wall time {sum(map(minutes, times)):.1f} min over {len(times)} shards"
-    elif manifest.get("created") and manifest.get("finished") and not manifest.get("resumed"):
-        line = f"sweep wall time {minutes(manifest):.1f} min"
-    for pc in manifest.get("precompile", []):
-        line += (f"{'; ' if line else ''}precompile: {pc['runs']} runs compiled {pc['workers']} at a time "
-                 f"in {pc['wall_s']:.0f} s")
-    return line
 
 
 def compare(folders=None, root="results", out=None, show: bool = True):

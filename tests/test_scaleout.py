@@ -182,8 +182,8 @@ def test_merge_rebuilds_the_unsharded_summary(shards, tmp_path, monkeypatch):
     merged = json.loads((folder / "manifest.json").read_text())
     assert merged["merge"]["missing"] == [] and merged["merge"]["duplicates"] == [] and merged["finished"]
     assert len(merged["merge"]["shard_times"]) == 3  # the merged folder's wall time is its shards'
-    import report
-    assert report.sweep_time(merged).endswith("over 3 shards")
+    import timing
+    assert timing.sweep_time(merged).endswith("over 3 shards")
 
 
 def test_merge_reports_duplicates_and_missing(shards, tmp_path, monkeypatch, capsys):
