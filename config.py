@@ -98,7 +98,7 @@ PRESETS: dict[str, Config] = {
     # minutes): every mechanism pays the same eager cost outside attention, and the flex-based
     # ones still compile their own kernel, which they need.
     "scaling": dataclasses.replace(BASE, preset="scaling", seq_lens=[512, 1024, 2048, 4096, 8192, 16384],
-                                   tokens_per_batch=16384, batches_per_epoch=8, epochs=1, warmup_steps=3),
+                                   tokens_per_batch=16384, batches_per_epoch=16, epochs=1, warmup_steps=3),
 }
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 import config
 import results
@@ -108,29 +109,44 @@ print("CUDA calls:", calls)
     assert "CUDA calls: []" in p.stdout
 
 
+def _precompiled_sweep(tmp_path, attentions, device):
+    """A compiled smoke sweep with one warm process; returns its manifest."""
+    out = tmp_path / "r"
+    p = _main(["--preset", "smoke", "--attention", attentions, "--compile", "--precompile", "1",
+               "--steps", "2", "--epochs", "1", "--warmup", "1", "--device", device, "--out", str(out)],
+              {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    log, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, log
+    assert f"precompile: {len(attentions.split(','))} runs, 1 at a time" in log
+    folder = _folder(out)
+    assert "## Where the time went" in (folder / "report.md").read_text()
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _assert_warm_then_loaded(manifest):
+    (phase,) = manifest["precompile"]
+    for warm in phase["results"].values():
+        assert warm["status"] == "ok", warm
+        assert warm["compile_cache"]["aot_miss"] > 0  # the warm process compiled ...
+    for run in manifest["runs"]:
+        assert run["status"] == "ok", run
+        cache = run["compile_cache"]
+        assert cache["aot_hit"] > 0 and cache["aot_miss"] == 0 and cache["fx_miss"] == 0, cache  # ... the run loaded
+        assert set(run["phases"]) >= {"setup_s", "first_step_s", "steps_s", "inference_compile_s"}
+
+
 def test_precompile_phase_warms_the_caches_the_measured_run_loads(tmp_path):
     """--precompile compiles each run in a warm process first; the measured run, still a fresh
     process, must then find every graph in torch.compile's caches (no miss), and the manifest
     records the phase."""
-    out = tmp_path / "r"
-    p = _main(["--preset", "smoke", "--attention", "sdpa", "--compile", "--precompile", "1",
-               "--steps", "2", "--epochs", "1", "--warmup", "1", "--out", str(out)],
-              {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
-    log, _ = p.communicate(timeout=400)
-    assert p.returncode == 0, log
-    assert "precompile: 1 runs, 1 at a time" in log
-    folder = _folder(out)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    (phase,) = manifest["precompile"]
-    (warm,) = phase["results"].values()
-    assert warm["status"] == "ok", warm
-    assert warm["compile_cache"]["aot_miss"] > 0  # the warm process compiled ...
-    (run,) = manifest["runs"]
-    assert run["status"] == "ok"
-    cache = run["compile_cache"]
-    assert cache["aot_hit"] > 0 and cache["aot_miss"] == 0 and cache["fx_miss"] == 0, cache  # ... the run loaded
-    assert set(run["phases"]) >= {"setup_s", "first_step_s", "steps_s", "inference_compile_s"}
-    assert "## Where the time went" in (folder / "report.md").read_text()
+    _assert_warm_then_loaded(_precompiled_sweep(tmp_path, "sdpa", "cpu"))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (run on the H200)")
+def test_precompile_on_a_gpu_with_flex(tmp_path):
+    """The same on a GPU, through the fork server, with flex (its own compiled kernel inside the
+    compiled model)."""
+    _assert_warm_then_loaded(_precompiled_sweep(tmp_path, "sdpa,flex", "cuda"))
 
 
 def test_precompile_auto_is_off_on_cpu_and_bounded():
