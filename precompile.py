@@ -21,7 +21,7 @@ import time
 
 import attentions
 from config import Config
-from scaleout import pin_env
+from scaleout import poll_child, pin_env
 
 
 def workers(cfg: Config, n_runs: int, gpu_count: int) -> int:
@@ -69,7 +69,7 @@ def run_phase(sweep, todo: list[dict], gpus: list[int] | None = None, poll_s: fl
             time.sleep(poll_s)
             for rid in list(active):
                 run, proc, t0 = active[rid]
-                res = _poll(sweep, run, proc, t0)
+                res = poll_child(sweep, run, proc, t0, warm=True)
                 if res is None:
                     continue
                 del active[rid]
@@ -87,12 +87,3 @@ def run_phase(sweep, todo: list[dict], gpus: list[int] | None = None, poll_s: fl
     log(f"precompile: done in {wall:.0f} s; the runs now start from warm caches", flush=True)
     return dict(workers=n, runs=len(runs), wall_s=round(wall, 2), results=record)
 
-
-def _poll(sweep, run: dict, proc, t0: float) -> dict | None:
-    rc = proc.poll()
-    if rc is not None:
-        return sweep._collect(run, rc, warm=True)
-    if sweep.cfg.timeout_s is not None and time.perf_counter() - t0 > sweep.cfg.timeout_s:
-        sweep.stop(proc, kill=True)
-        return dict(status="timeout", reason=f"no result within {sweep.cfg.timeout_s} s")
-    return None

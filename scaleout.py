@@ -190,11 +190,12 @@ def pin_env(gpu: int) -> dict:
             "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")}
 
 
-def _poll(sweep, run: dict, proc, t0: float) -> dict | None:
-    """A finished child's result, a timeout status, or None while it runs."""
+def poll_child(sweep, run: dict, proc, t0: float, warm: bool = False) -> dict | None:
+    """A finished child's result, a timeout status, or None while it runs (warm: a precompile
+    process, precompile.py)."""
     rc = proc.poll()
     if rc is not None:
-        return sweep._collect(run, rc)
+        return sweep._collect(run, rc, warm=warm)
     if sweep.cfg.timeout_s is not None and time.perf_counter() - t0 > sweep.cfg.timeout_s:
         sweep.stop(proc, kill=True)
         return sweep.timed_out()
@@ -219,8 +220,7 @@ def run_pool(sweep, todo: list[dict], gpus: list[int], first: int = 0, launch=No
     as it finishes. launch(run, gpu) -> a Popen-like object (poll, wait, kill, send_signal)."""
     if launch is None:
         def launch(run, gpu):
-            log = sweep.folder / ".runs" / f"{run['run_id']}.log"
-            return sweep._launch(run, pin_env(gpu), log_path=log)
+            return sweep._launch(run, pin_env(gpu), log_path=sweep._files(run)[2])
     queue, free, active, n = list(todo), list(gpus), {}, first
     try:
         while queue or active:
@@ -231,7 +231,7 @@ def run_pool(sweep, todo: list[dict], gpus: list[int], first: int = 0, launch=No
                 t0 = sweep._begin(run, f"[{n}/{len(sweep.runs)} gpu {gpu}]")
                 active[gpu] = (run, launch(run, gpu), t0)
             for gpu in list(active):
-                res = _poll(sweep, *active[gpu])
+                res = poll_child(sweep, *active[gpu])
                 if res is not None:
                     run, _, t0 = active.pop(gpu)
                     sweep._end(run, res, t0)

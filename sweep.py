@@ -229,8 +229,7 @@ class Sweep:
 
     def _child(self, run: dict) -> dict:
         """Run in a fresh process; its exit, timeout or death becomes a status."""
-        log = self.folder / ".runs" / f"{run['run_id']}.log" if self.progress == "bar" else None
-        proc = self._launch(run, log_path=log)
+        proc = self._launch(run, log_path=self._files(run)[2] if self.progress == "bar" else None)
         try:
             rc = proc.wait(timeout=self.cfg.timeout_s)
         except subprocess.TimeoutExpired:

@@ -157,6 +157,25 @@ def pattern_kernel(device) -> str:
     return CPU_FLEX_KERNEL
 
 
+def flex_based() -> dict:
+    """The AttentionSpec fields every FlexAttention-pattern mechanism shares: the kernel it
+    records, when it cannot run, and that it compiles its own kernel (precompile warms it)."""
+    return dict(kernel=lambda device, params, dtype=None, shape=None: pattern_kernel(device),
+                unavailable_reason=flex_unavailable, compiles=True)
+
+
+def pattern_self_check(name, forward, params, reference_mask, pattern, show_T):
+    """`python -m attentions.<name>`: a pattern mechanism against the naive masked softmax with
+    its reference_mask(T, device), then its pattern drawn for show_T positions."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v, padding = self_check_inputs(device=device)
+    out, _ = forward(StubAttention(params), q, k, v, padding, scaling=0.25)
+    ref = naive_attention(q, k, v, allowed_with_padding(reference_mask(q.shape[-2], device), padding), 0.25)
+    print(f"{name}{' ' + str(params) if params else ''} ({pattern_kernel(device)}): max |out - reference| = "
+          f"{(out.float() - ref.transpose(1, 2)).abs().max().item():.2e}")
+    print(ascii_mask(dense_mask(pattern, show_T, device)))
+
+
 def flex_unavailable(device) -> str | None:
     device = torch.device(device)
     if device.type == "cuda":

@@ -8,9 +8,7 @@ same mask is materialised and run through SDPA, recorded as "sdpa-mask (flex una
 """
 import torch
 
-from attentions.common import (ascii_mask, causal_pairs, dense_mask, flex_unavailable, naive_attention,
-                               padding_of, pattern_attention, pattern_kernel, self_check_inputs,
-                               allowed_with_padding)
+from attentions.common import causal_pairs, flex_based, padding_of, pattern_attention, pattern_self_check
 from attentions.registry import AttentionSpec, register
 
 PATTERN = ("causal",)
@@ -32,20 +30,11 @@ SPEC = register(AttentionSpec(
     exact=True,
     forward=forward,
     flops=flops,
-    kernel=lambda device, params, dtype=None, shape=None: pattern_kernel(device),
-    unavailable_reason=flex_unavailable,
-    compiles=True,
+    **flex_based(),
     paper="PyTorch FlexAttention (Dong et al. 2024)",
 ))
 
 
 if __name__ == "__main__":
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, k, v, padding = self_check_inputs(device=device)
-    T = q.shape[-2]
-    out, _ = forward(None, q, k, v, padding, scaling=0.25)
-    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-    ref = naive_attention(q, k, v, allowed_with_padding(causal, padding), 0.25)
-    print(f"flex ({pattern_kernel(device)}): max |out - reference| = "
-          f"{(out.float() - ref.transpose(1, 2)).abs().max().item():.2e}")
-    print(ascii_mask(dense_mask(PATTERN, 24, device)))
+    pattern_self_check("flex", forward, {}, lambda T, device: torch.ones(T, T, dtype=torch.bool, device=device).tril(),
+                       PATTERN, 24)

@@ -10,9 +10,7 @@ only, which is what flops() counts. On CPU: the same mask through SDPA, at dense
 """
 import torch
 
-from attentions.common import (allowed_with_padding, ascii_mask, dense_mask, flex_unavailable,
-                               naive_attention, padding_of, params_of, pattern_attention,
-                               pattern_kernel, self_check_inputs)
+from attentions.common import flex_based, padding_of, params_of, pattern_attention, pattern_self_check
 from attentions.registry import AttentionSpec, register
 
 PARAMS = {"block_size": 128, "local_blocks": 4, "stride": 8}
@@ -60,22 +58,12 @@ SPEC = register(AttentionSpec(
     forward=forward,
     flops=flops,
     params=PARAMS,
-    kernel=lambda device, params, dtype=None, shape=None: pattern_kernel(device),
-    unavailable_reason=flex_unavailable,
-    compiles=True,
+    **flex_based(),
     paper="Child et al. 2019, Generating Long Sequences with Sparse Transformers",
 ))
 
 
 if __name__ == "__main__":
-    from attentions.common import StubAttention
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     params = {"block_size": 4, "local_blocks": 2, "stride": 3}
-    q, k, v, padding = self_check_inputs(device=device)
-    out, _ = forward(StubAttention(params), q, k, v, padding, scaling=0.25)
-    allowed = allowed_with_padding(reference_mask(q.shape[-2], 4, 2, 3, device), padding)
-    ref = naive_attention(q, k, v, allowed, 0.25)
-    print(f"flex_sparse {params} ({pattern_kernel(device)}): max |out - reference| = "
-          f"{(out.float() - ref.transpose(1, 2)).abs().max().item():.2e}")
-    print(ascii_mask(dense_mask(pattern(params), 32, device)))
-    print(f"pairs at T=16384 with {PARAMS}: {pairs(16384, **PARAMS) / (16384 * 16385 / 2):.1%} of causal")
+    pattern_self_check("flex_sparse", forward, params, lambda T, device: reference_mask(T, 4, 2, 3, device),
+                       pattern(params), 32)

@@ -8,9 +8,7 @@ On CPU the same mask runs through SDPA ("sdpa-mask (flex unavailable on cpu)"), 
 """
 import torch
 
-from attentions.common import (allowed_with_padding, ascii_mask, dense_mask, flex_unavailable,
-                               naive_attention, padding_of, params_of, pattern_attention,
-                               pattern_kernel, self_check_inputs)
+from attentions.common import flex_based, padding_of, params_of, pattern_attention, pattern_self_check
 from attentions.registry import AttentionSpec, register
 
 PARAMS = {"window": 256}
@@ -51,21 +49,12 @@ SPEC = register(AttentionSpec(
     forward=forward,
     flops=flops,
     params=PARAMS,
-    kernel=lambda device, params, dtype=None, shape=None: pattern_kernel(device),
-    unavailable_reason=flex_unavailable,
-    compiles=True,
+    **flex_based(),
     paper="Beltagy et al. 2020 (Longformer); Jiang et al. 2023 (Mistral 7B)",
 ))
 
 
 if __name__ == "__main__":
-    from attentions.common import StubAttention
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     params = {"window": 8}
-    q, k, v, padding = self_check_inputs(device=device)
-    out, _ = forward(StubAttention(params), q, k, v, padding, scaling=0.25)
-    allowed = allowed_with_padding(reference_mask(q.shape[-2], 8, device), padding)
-    ref = naive_attention(q, k, v, allowed, 0.25)
-    print(f"sliding_window {params} ({pattern_kernel(device)}): max |out - reference| = "
-          f"{(out.float() - ref.transpose(1, 2)).abs().max().item():.2e}")
-    print(ascii_mask(dense_mask(pattern(params), 24, device)))
+    pattern_self_check("sliding_window", forward, params, lambda T, device: reference_mask(T, 8, device),
+                       pattern(params), 24)

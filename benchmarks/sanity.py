@@ -34,11 +34,12 @@ def check(folder: Path, gpu_memory_mb: float | None = None) -> list[tuple[str, b
     out = []
     if not len(b):
         return [("rows", False, "no measured rows")]
+    window = "window_s" if "window_s" in b else "train_time_s"  # older folders have no window_s
     limit = env.get("power_limit_w")
     run_power = b.groupby("run_id")["gpu_power_w"].median().max()
     p = b["gpu_power_w"].max()
     g = b.groupby("run_id")
-    counter_power = (g["energy_j"].sum() / g["window_s" if "window_s" in b else "train_time_s"].sum()).max()
+    counter_power = (g["energy_j"].sum() / g[window].sum()).max()
     out.append(("power under the board limit", bool(limit) and run_power < limit
                 and max(p, counter_power) < limit * (1 + NVML_ACCURACY),
                 f"highest run median {run_power:.0f} W, highest step {p:.0f} W, highest run from the energy "
@@ -50,7 +51,6 @@ def check(folder: Path, gpu_memory_mb: float | None = None) -> list[tuple[str, b
         out.append(("memory under the card's size", mem < gpu_memory_mb,
                     f"max {mem:,.0f} MB of {gpu_memory_mb:,.0f} MB"))
     long, short = [], []
-    window = "window_s" if "window_s" in b else "train_time_s"  # older folders have no window_s
     for rid, g in b.groupby("run_id"):
         counter = g["energy_j"].sum()
         integral = (g["gpu_power_w"] * g[window]).sum()
