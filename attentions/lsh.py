@@ -17,17 +17,26 @@ through the sort. Chunking per bucket by rank makes the set a query sees depend 
 at or before it. Each bucket is padded to whole chunks in a slot layout of fixed size, so it all
 runs as batched matmuls: memory O(n_hashes * T * bucket_size), linear in T.
 
+Kernels: on CUDA the chunked attention runs as ONE FlexAttention call over the slot layout (the
+rounds as extra heads): a fixed band of blocks (each query block with the key blocks holding its
+own and the previous chunks) and a mask_mod that reads each slot's bucket, position and key flag,
+so nothing of size (slots x 2c) is ever materialised, and the returned log-sum-exp (which flex
+differentiates) combines the rounds. On CPU, where flex has no backward, the same layout runs as
+batched matmuls per chunk (chunk_attention); tests hold the two to each other and to reference().
+
 Rounds: each round r gives out_r and its log-sum-exp lse_r; out = sum_r softmax_r(lse_r) out_r.
 This is softmax over the union of the rounds' keys where a key found in m rounds weighs m times
 (Reformer without its duplicate correction); reference() builds exactly that from the
 assignment, as softmax(QK^T * scale + log(count)) over count > 0.
 """
 import functools
+import math
 from typing import NamedTuple
 
 import torch
 
-from attentions.common import naive_attention, padding_of, params_of, self_check_inputs
+from attentions.common import (built_once, compiled_flex, flex_unavailable, naive_attention, padding_of,
+                               params_of, self_check_inputs)
 from attentions.registry import AttentionSpec, register
 
 PARAMS = {"n_hashes": 2, "bucket_size": 64, "n_buckets": 0, "seed": 0}  # n_buckets 0 = ~T/bucket_size
@@ -58,6 +67,16 @@ def hash_buckets(x, rot):
     return torch.cat(parts, dim=-1)
 
 
+FLEX_BLOCK = 128  # FlexAttention's block size: the slot count is a multiple of it
+
+
+def n_slots(T, c, nb):
+    """Slots of the chunked layout: a bound on the 2T items with every bucket padded to whole
+    chunks of c, rounded up to a multiple of both c and FLEX_BLOCK."""
+    step = math.lcm(c, FLEX_BLOCK)
+    return -(-(2 * T + nb * (c - 1)) // step) * step
+
+
 class Assignment(NamedTuple):
     hq: torch.Tensor          # (B, H, R, T) bucket of each query
     hk: torch.Tensor          # (B, H, R, T) bucket of each key
@@ -84,7 +103,7 @@ def slots(hq, hk, key_real, c, nb):
     pstart = padded.cumsum(-1) - padded                                   # first slot per bucket
     rank = torch.arange(2 * T, device=hq.device) - start.gather(-1, sorted_bucket)
     item_slot = torch.empty_like(order).scatter_(-1, order, pstart.gather(-1, sorted_bucket) + rank)
-    S = -(-(2 * T + nb * (c - 1)) // c) * c                               # bound on sum(padded)
+    S = n_slots(T, c, nb)                                                 # bound on sum(padded)
     shape = (*bucket.shape[:-1], S)
     q_slot, k_slot = item_slot[..., :T], item_slot[..., T:]
     return Assignment(
@@ -139,7 +158,8 @@ def _with_previous_chunk(x):
 
 
 def chunk_attention(query, key, value, a, c, scaling):
-    """One softmax per chunk over [own chunk, previous chunk, own key] -> out, lse per query."""
+    """One softmax per chunk over [own chunk, previous chunk, own key], as batched matmuls
+    -> out (B, H, R, T, D) fp32 and lse (B, H, R, T) per query and round."""
     B, H, R, S = a.slot_pos.shape
     N = S // c
     view = (B, H, R, N, c)
@@ -169,12 +189,79 @@ def chunk_attention(query, key, value, a, c, scaling):
     return out, lse.gather(-1, pick)
 
 
+@built_once
+def band_blocks(S, c, device):
+    """The fixed block structure of the slot layout, as BlockMask.from_kv_blocks takes it:
+    kv_num_blocks (1, 1, n) and kv_indices (1, 1, n, n) int32, n = S / FLEX_BLOCK. Query block i
+    (slots 128i .. 128i + 127) needs the key blocks from the chunk before its first slot's chunk
+    to the end of its last slot's chunk; mask_mod does the rest."""
+    n = S // FLEX_BLOCK
+    first = torch.arange(n) * FLEX_BLOCK
+    lo = ((first // c - 1).clamp(min=0) * c) // FLEX_BLOCK
+    hi = (((first + FLEX_BLOCK - 1) // c + 1) * c - 1).clamp(max=S - 1) // FLEX_BLOCK
+    idx = (lo[:, None] + torch.arange(n)[None, :]).clamp(max=n - 1)  # only the first num are read
+    return ((hi - lo + 1).int()[None, None].to(device), idx.int()[None, None].to(device))
+
+
+def slot_mask(pos, is_key, bucket, c):
+    """mask_mod over the slot layout (tensors (B, H*R, S)): a query slot sees the real keys of
+    its bucket in its own and the previous chunk, earlier in original position. Rows of slots
+    that hold no query see nothing and are never read."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        near = (kv_idx <= q_idx) & (q_idx // c - kv_idx // c <= 1)
+        same = bucket[b, h, kv_idx] == bucket[b, h, q_idx]
+        return near & same & is_key[b, h, kv_idx] & (pos[b, h, kv_idx] < pos[b, h, q_idx])
+    return mask_mod
+
+
+def _flex_lse(flex, q, k, v, block_mask, scale):
+    """flex_attention's output and its (differentiable, natural-log) log-sum-exp."""
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:  # torch < 2.9
+        return flex(q, k, v, block_mask=block_mask, scale=scale, return_lse=True)
+    out, aux = flex(q, k, v, block_mask=block_mask, scale=scale, return_aux=AuxRequest(lse=True))
+    return out, aux.lse
+
+
+def flex_chunk_attention(query, key, value, a, c, scaling, flex=None):
+    """chunk_attention as one FlexAttention call over the slot layout, rounds as heads: the same
+    keys per query, no (slots x 2c) scores in memory. Rows without keys (lse -inf) get only
+    their own key. flex: the flex_attention to call (default compiled; tests pass eager)."""
+    from torch.nn.attention.flex_attention import BlockMask
+    B, H, R, S = a.slot_pos.shape
+    D = query.shape[-1]
+
+    def heads(t):  # (B, H, R, S, ...) -> (B, H * R, S, ...)
+        return t.reshape(B, H * R, *t.shape[3:])
+    qs, ks, vs = (heads(_gather(x, a.slot_pos)) for x in (query, key, value))
+    num, idx = band_blocks(S, c, str(query.device))
+    mask = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=FLEX_BLOCK, seq_lengths=(S, S),
+                                    mask_mod=slot_mask(heads(a.slot_pos), heads(a.slot_isk),
+                                                       heads(a.slot_bucket), c))
+    out, lse = _flex_lse(flex or compiled_flex(), qs, ks, vs, mask, scaling)
+    pick = a.q_slot                                                                 # (B, H, R, T)
+    out = out.view(B, H, R, S, D).gather(3, pick.unsqueeze(-1).expand(*pick.shape, D)).float()
+    lse = lse.view(B, H, R, S).float().gather(-1, pick)
+    own = ((query * key).sum(-1).float() * scaling).unsqueeze(2)                   # (B, H, 1, T)
+    total = torch.logaddexp(lse, own)
+    out = (lse - total).exp().unsqueeze(-1) * out + (own - total).exp().unsqueeze(-1) * value.float().unsqueeze(2)
+    return out, total
+
+
+def uses_flex(device) -> bool:
+    """Flex on CUDA (compiled, with a backward); the batched-matmul path elsewhere."""
+    device = torch.device(device)
+    return device.type == "cuda" and flex_unavailable(device) is None
+
+
 def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     # query, key, value (B, H, T, D)
     p = params_of(module, PARAMS)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     a = assign(query, key, padding_of(attention_mask), p, None, module_rotations(module, query, p))
-    out, lse = chunk_attention(query, key, value, a, int(p["bucket_size"]), scaling)
+    chunked = flex_chunk_attention if uses_flex(query.device) else chunk_attention
+    out, lse = chunked(query, key, value, a, int(p["bucket_size"]), scaling)
     weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, H, R, T, 1) combine the rounds
     out = (weights * out).sum(2).to(query.dtype)       # (B, H, T, D)
     return out.transpose(1, 2).contiguous(), None      # (B, T, H, D)
@@ -213,7 +300,7 @@ def flops(B, H, T, D, params):
     """Per round: hashing q and k (T x D x nb/2 each), and every slot of the chunked layout
     against 2c + 1 keys (chunk, previous chunk, own key), QK^T and PV."""
     c, R, nb = int(params["bucket_size"]), int(params["n_hashes"]), n_buckets(T, params)
-    S = -(-(2 * T + nb * (c - 1)) // c) * c
+    S = n_slots(T, c, nb)
     return B * H * R * (2 * 2 * S * (2 * c + 1) * D + 2 * T * D * nb)
 
 
@@ -224,7 +311,10 @@ SPEC = register(AttentionSpec(
     forward=forward,
     flops=flops,
     params=PARAMS,
-    kernel=lambda device, params, dtype=None, shape=None: "pytorch (sort + chunked matmuls)",
+    kernel=lambda device, params, dtype=None, shape=None: (
+        "flex_attention (lsh slot layout, torch.compile, triton)" if uses_flex(device)
+        else "pytorch (sort + chunked matmuls)"),
+    compiles=True,  # on CUDA its flex kernel compiles even in an uncompiled model: precompile warms it
     paper="Kitaev et al. 2020, Reformer: The Efficient Transformer",
 ))
 

@@ -34,7 +34,6 @@ import attentions  # noqa: E402
 from attentions.common import StubAttention  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-FLEX_BASED = {"flex", "flex_sparse", "sliding_window"}
 COLUMNS = ["mechanism", "kernel", "T", "B", "H", "D", "dtype", "status", "fwd_ms", "fwd_bwd_ms",
            "fwd_tflops", "fwd_bwd_tflops", "peak_mb", "kv_mb", "warmup_s", "compiled"]
 
@@ -105,7 +104,7 @@ def measure(name, T, args, device, dtype):
     reason = spec.unavailable_reason(device)
     if reason:
         return {**row, "status": f"unavailable: {reason}"}
-    if name in FLEX_BASED or args.compile:
+    if spec.compiles or args.compile:
         torch._dynamo.reset()  # a fresh compile per (mechanism, T): no recompile limit reached
     call, inputs = attention_call(spec, params, B, H, T, D, dtype, device)
     if args.compile:

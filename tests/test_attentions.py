@@ -105,6 +105,10 @@ def _max_err(out, ref):
     return (out.float() - ref.transpose(1, 2)).abs().max().item()  # out (B,T,H,D), ref (B,H,T,D)
 
 
+def _diff(x, y):
+    return (x.float() - y.float()).abs().max().item()
+
+
 @pytest.mark.parametrize("params", [{"window": 8}, {"window": 1}, {"window": 100}])
 def test_sliding_window_matches_masked_softmax(params):
     q, k, v, padding = _qkv()
@@ -157,6 +161,34 @@ def test_lsh_bucket_assignment_never_depends_on_the_future():
     assert torch.equal(seen, seen2)
     out, out2 = lsh.forward(module, q, k, v, None)[0], lsh.forward(module, q2, k2, v2, None)[0]
     assert torch.allclose(out[:, : t + 1], out2[:, : t + 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("c,n_buckets", [(4, 4), (64, 0), (48, 0)])  # 48: chunks straddle flex blocks
+def test_lsh_flex_layout_gives_the_chunked_matmuls_result(c, n_buckets):
+    """The CUDA path (one flex call over the slot layout) against the CPU path, forward, with
+    eager flex here (no CPU backward; the GPU test below compares gradients)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    q, k, v, padding = common.self_check_inputs(B=2, H=3, T=300, D=16)
+    a = lsh.assign(q, k, padding, {**lsh.PARAMS, "bucket_size": c, "n_buckets": n_buckets}, 0)
+    out, lse = lsh.chunk_attention(q, k, v, a, c, 0.25)
+    out2, lse2 = lsh.flex_chunk_attention(q, k, v, a, c, 0.25, flex=flex_attention)
+    assert _diff(out2, out) < 1e-5 and _diff(lse2, lse) < 1e-5
+
+
+@pytest.mark.parametrize("c", [4, 48, 64, 128, 200])
+def test_lsh_band_blocks_hold_every_own_and_previous_chunk_key(c):
+    """Compiled flex visits only the listed key blocks: each must cover the whole band."""
+    S = lsh.n_slots(700, c, 12)
+    num, idx = lsh.band_blocks(S, c, "cpu")
+    n = S // lsh.FLEX_BLOCK
+    listed = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        listed[i, idx[0, 0, i, : num[0, 0, i]].long()] = True
+    i = torch.arange(S)
+    band = (i[None, :] <= i[:, None]) & (i[:, None] // c - i[None, :] // c <= 1)  # [query, key]
+    blocks = listed.repeat_interleave(lsh.FLEX_BLOCK, 0).repeat_interleave(lsh.FLEX_BLOCK, 1)
+    assert not (band & ~blocks).any()
+    assert int(num.max()) <= 2 * c // lsh.FLEX_BLOCK + 3  # and it stays a band, whatever S
 
 
 # ---- every mechanism: causal, padding-invariant, trainable -----------------------------------
@@ -283,6 +315,22 @@ def test_masks_are_never_rebuilt_inside_a_compiled_graph(monkeypatch):
     for _ in range(2):
         f(q)
     assert len(calls) == 1
+
+
+@needs_cuda
+def test_lsh_compiled_flex_matches_chunked_matmuls_with_gradients_on_cuda():
+    torch.manual_seed(0)
+    q, k, v, padding = (x.cuda() for x in common.self_check_inputs(B=2, H=4, T=1000, D=64))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    a = lsh.assign(q, k, padding, lsh.PARAMS, 0)
+    grad = torch.randn(*a.q_slot.shape, 64, device="cuda")
+    results = []
+    for chunked in (lsh.chunk_attention, lsh.flex_chunk_attention):
+        out, lse = chunked(q, k, v, a, 64, 0.125)
+        results.append((out, lse, *torch.autograd.grad((out * grad).sum() + lse.sum(), (q, k, v))))
+    for x, y in zip(*results):
+        assert torch.isfinite(y).all() and _diff(y, x) < 2e-3 * max(1.0, x.abs().max().item())
+    assert lsh.SPEC.kernel(torch.device("cuda"), lsh.PARAMS).startswith("flex_attention")
 
 
 @needs_cuda
