@@ -17,12 +17,14 @@ through the sort. Chunking per bucket by rank makes the set a query sees depend 
 at or before it. Each bucket is padded to whole chunks in a slot layout of fixed size, so it all
 runs as batched matmuls: memory O(n_hashes * T * bucket_size), linear in T.
 
-Kernels: on CUDA the chunked attention runs as ONE FlexAttention call over the slot layout (the
-rounds as extra heads): a fixed band of blocks (each query block with the key blocks holding its
-own and the previous chunks) and a mask_mod that reads each slot's bucket, position and key flag,
-so nothing of size (slots x 2c) is ever materialised, and the returned log-sum-exp (which flex
-differentiates) combines the rounds. On CPU, where flex has no backward, the same layout runs as
-batched matmuls per chunk (chunk_attention); tests hold the two to each other and to reference().
+Kernels: by default (impl="matmul") the chunked attention runs as batched matmuls per chunk
+(chunk_attention), on every device. impl="flex" runs it on CUDA as ONE FlexAttention call over
+the slot layout (rounds as extra heads): a fixed band of blocks (each query block with the key
+blocks holding its own and the previous chunks) and a mask_mod reading each slot's bucket,
+position and key flag, the returned log-sum-exp (which flex differentiates) combining the rounds.
+It is exact to the matmul path (tests, forward and gradients on the H200) but measured SLOWER on
+the H200 (2026-11-29: fwd+bwd 185 ms vs about 90 ms at 131k tokens, T = 2048; its forward took
+165 ms of it, cause not found yet), so it is opt-in until profiled.
 
 Rounds: each round r gives out_r and its log-sum-exp lse_r; out = sum_r softmax_r(lse_r) out_r.
 This is softmax over the union of the rounds' keys where a key found in m rounds weighs m times
@@ -38,8 +40,11 @@ import torch
 from attentions.common import (built_once, compiled_flex, flex_unavailable, naive_attention, padding_of,
                                params_of, self_check_inputs)
 from attentions.registry import AttentionSpec, register
+from errors import UserError
 
-PARAMS = {"n_hashes": 2, "bucket_size": 64, "n_buckets": 0, "seed": 0}  # n_buckets 0 = ~T/bucket_size
+# n_buckets 0 = ~T/bucket_size; impl: "matmul" (batched matmuls per chunk) or "flex" (CUDA only)
+PARAMS = {"n_hashes": 2, "bucket_size": 64, "n_buckets": 0, "seed": 0, "impl": "matmul"}
+IMPLS = ("matmul", "flex")
 
 
 def n_buckets(T, p):
@@ -249,10 +254,17 @@ def flex_chunk_attention(query, key, value, a, c, scaling, flex=None):
     return out, total
 
 
-def uses_flex(device) -> bool:
-    """Flex on CUDA (compiled, with a backward); the batched-matmul path elsewhere."""
+def uses_flex(device, params) -> bool:
+    """impl="flex" on CUDA (compiled, with a backward); the batched-matmul path otherwise (flex
+    has no CPU backward)."""
     device = torch.device(device)
-    return device.type == "cuda" and flex_unavailable(device) is None
+    return params.get("impl") == "flex" and device.type == "cuda" and flex_unavailable(device) is None
+
+
+def check_params(model, params, init):
+    """At install: an unknown impl is the user's error, before anything runs."""
+    if params.get("impl") not in IMPLS:
+        raise UserError(f"lsh: impl={params.get('impl')!r}; choose one of {', '.join(IMPLS)}")
 
 
 def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -260,7 +272,7 @@ def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0
     p = params_of(module, PARAMS)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     a = assign(query, key, padding_of(attention_mask), p, None, module_rotations(module, query, p))
-    chunked = flex_chunk_attention if uses_flex(query.device) else chunk_attention
+    chunked = flex_chunk_attention if uses_flex(query.device, p) else chunk_attention
     out, lse = chunked(query, key, value, a, int(p["bucket_size"]), scaling)
     weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, H, R, T, 1) combine the rounds
     out = (weights * out).sum(2).to(query.dtype)       # (B, H, T, D)
@@ -312,9 +324,9 @@ SPEC = register(AttentionSpec(
     flops=flops,
     params=PARAMS,
     kernel=lambda device, params, dtype=None, shape=None: (
-        "flex_attention (lsh slot layout, torch.compile, triton)" if uses_flex(device)
+        "flex_attention (lsh slot layout, torch.compile, triton)" if uses_flex(device, params)
         else "pytorch (sort + chunked matmuls)"),
-    compiles=True,  # on CUDA its flex kernel compiles even in an uncompiled model: precompile warms it
+    prepare_model=check_params,
     paper="Kitaev et al. 2020, Reformer: The Efficient Transformer",
 ))
 

@@ -175,6 +175,14 @@ def test_lsh_flex_layout_gives_the_chunked_matmuls_result(c, n_buckets):
     assert _diff(out2, out) < 1e-5 and _diff(lse2, lse) < 1e-5
 
 
+def test_lsh_impl_is_checked_at_install_and_flex_is_cuda_only():
+    with pytest.raises(UserError, match="impl='triton'"):
+        attentions.install(build("sdpa"), "lsh", {"impl": "triton"})
+    flex_params = {**lsh.PARAMS, "impl": "flex"}
+    assert lsh.SPEC.kernel(torch.device("cpu"), flex_params) == "pytorch (sort + chunked matmuls)"
+    assert not lsh.uses_flex("cpu", flex_params) and not lsh.uses_flex("cuda", lsh.PARAMS)
+
+
 @pytest.mark.parametrize("c", [4, 48, 64, 128, 200])
 def test_lsh_band_blocks_hold_every_own_and_previous_chunk_key(c):
     """Compiled flex visits only the listed key blocks: each must cover the whole band."""
@@ -330,7 +338,8 @@ def test_lsh_compiled_flex_matches_chunked_matmuls_with_gradients_on_cuda():
         results.append((out, lse, *torch.autograd.grad((out * grad).sum() + lse.sum(), (q, k, v))))
     for x, y in zip(*results):
         assert torch.isfinite(y).all() and _diff(y, x) < 2e-3 * max(1.0, x.abs().max().item())
-    assert lsh.SPEC.kernel(torch.device("cuda"), lsh.PARAMS).startswith("flex_attention")
+    assert lsh.SPEC.kernel(torch.device("cuda"), {**lsh.PARAMS, "impl": "flex"}).startswith("flex_attention")
+    assert lsh.SPEC.kernel(torch.device("cuda"), lsh.PARAMS) == "pytorch (sort + chunked matmuls)"
 
 
 @needs_cuda

@@ -44,7 +44,9 @@ def test_sleep_reads_its_duration_and_no_cpu(cpu_meter):
         time.sleep(0.2)
     assert set(row) == ROW_KEYS
     assert row["window_s"] == pytest.approx(0.2, rel=0.1)
-    assert row["cpu_percent"] < 10
+    # The process's own threads count (the sampler polls every 20 ms): 13.6% was seen on an H200
+    # host busy compiling in other processes; a busy loop reads ~100%.
+    assert row["cpu_percent"] < 25
 
 
 def test_busy_loop_reads_the_cpu_it_burned(cpu_meter):

@@ -161,10 +161,11 @@ def test_precompile_auto_is_off_on_cpu_and_bounded():
     assert precompile.compiles(cfg, dict(attention="flex")) and not precompile.compiles(cfg, dict(attention="sdpa"))
 
 
-def test_precompile_pins_warm_processes_to_the_pool_gpus_in_turn(tmp_path):
+def test_precompile_pins_warm_processes_to_the_pool_gpus_in_turn(tmp_path, monkeypatch):
     """With --gpus the warm processes go round the pool's GPUs (their memory spread), at most
     `precompile` at a time, and every run that compiles is warmed once."""
     import precompile
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # GPUs 3 and 5 index the host's
 
     class Proc:
         def poll(self):
