@@ -234,7 +234,9 @@ def run_pool(sweep, todo: list[dict], gpus: list[int], first: int = 0, launch=No
                 res = poll_child(sweep, *active[gpu])
                 if res is not None:
                     run, _, t0 = active.pop(gpu)
-                    sweep._end(run, res, t0)
+                    # the pool finishes runs out of order: the line says which one ended
+                    sweep._end(run, res, t0, label=f"[gpu {gpu}] {run['model']} {run['attention']} "
+                                                   f"seq_len={run['seq_len']} repeat={run['repeat']}")
                     free.append(gpu)
             time.sleep(poll_s)
     except KeyboardInterrupt:

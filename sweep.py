@@ -207,8 +207,9 @@ class Sweep:
         self.save()
         return time.perf_counter()
 
-    def _end(self, run: dict, res: dict, t0: float) -> None:
-        """Record a finished run's status and info, land its rows, log one line."""
+    def _end(self, run: dict, res: dict, t0: float, label: str | None = None) -> None:
+        """Record a finished run's status and info, land its rows, log one line (named by label
+        when runs finish out of the order they started in: the --gpus pool)."""
         run["wall_s"] = time.perf_counter() - t0
         run.update(status=res["status"], reason=res.get("reason", ""))
         if res.get("traceback"):
@@ -225,7 +226,7 @@ class Sweep:
         if info.get("metrics"):
             self.manifest["metrics"] = info["metrics"]
         self._land(run, res)
-        self.log(self._result_line(run, res), flush=True)
+        self.log(self._result_line(run, res, label), flush=True)
 
     def _child(self, run: dict) -> dict:
         """Run in a fresh process; its exit, timeout or death becomes a status."""
@@ -307,16 +308,17 @@ class Sweep:
         results.write_json(self.folder / "manifest.json", self.manifest)
 
     @staticmethod
-    def _result_line(run: dict, res: dict) -> str:
+    def _result_line(run: dict, res: dict, label: str | None = None) -> str:
+        head = f"    -> {label}: " if label else "    -> "
         rows = res.get("rows") or []
         if rows and "rank" in rows[0]:  # torchrun: one row per rank per step -> global steps
             rows = distributed.global_steps(pd.DataFrame(rows)).to_dict("records")
         rows = [r for r in rows if r["phase"] == "measure"]
         if run["status"] != "ok" or not rows:
-            return f"    -> {run['status']}: {run['reason']}"
+            return f"{head}{run['status']}: {run['reason']}"
         med = results.median_interval
         t = med([r["train_time_s"] for r in rows])[0]
         tps = med([r["tokens_per_s"] for r in rows])[0]
         loss = rows[-1]["loss"]
-        return (f"    -> ok in {run['wall_s']:.1f} s: {t * 1e3:.1f} ms/step, {tps:,.0f} tokens/s, "
+        return (f"{head}ok in {run['wall_s']:.1f} s: {t * 1e3:.1f} ms/step, {tps:,.0f} tokens/s, "
                 f"loss {loss:.3f}, kernel {run.get('kernel', '?')}")

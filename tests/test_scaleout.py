@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import types
 
 import pandas as pd
@@ -18,12 +17,10 @@ import torch
 import config
 import distributed
 import main
-import results
 import scaleout
 import sweep
 import train
 from conftest import ROOT
-from errors import UserError
 
 
 def quiet(*a, **k):
@@ -274,6 +271,8 @@ def _pool_sweep(tmp_path, attentions, timeout=None):
 def test_pool_spreads_runs_over_two_gpus_with_serial_statuses(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     sw, calls = _pool_sweep(tmp_path, list(MODES), timeout=2.0), []
+    lines = []
+    sw.log = lambda *a, **k: lines.append(" ".join(map(str, a)))
     monkeypatch.setattr(scaleout, "run_pool", functools.partial(
         scaleout.run_pool, launch=functools.partial(_fake_launch, sw, calls), poll_s=0.05))
     sw.run_all(gpus=[0, 1])
@@ -292,6 +291,12 @@ def test_pool_spreads_runs_over_two_gpus_with_serial_statuses(tmp_path, monkeypa
         mine = [s for s in spans if s[2] == gpu]
         assert all(a[1] <= c[0] for a, c in zip(mine, mine[1:]))
     assert len(pd.read_csv(sw.folder / "summary.csv")) == len(MODES)
+    # runs end out of order (sdpa hangs till its timeout): each result line names its run
+    ends = [line for line in lines if "->" in line]
+    assert len(ends) == len(MODES)
+    for r in m["runs"]:
+        assert sum(f"[gpu {r['gpu']}] tiny {r['attention']} seq_len=" in e and f"{r['status']}" in e
+                   for e in ends) == 1
 
 
 def test_pool_ctrl_c_then_resume_lands_every_run_once(tmp_path, monkeypatch):
