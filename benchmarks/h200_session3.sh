@@ -4,6 +4,17 @@
 # side by side (each step pins its own GPU). Work happens in $WORK (it survives between calls
 # while the machine stays warm, so a cut-off sweep can be resumed); $OUT gets one .tgz of it.
 #   OUT=/some/dir BUDGET_S=570 bash benchmarks/h200_session3.sh 'medium0&tests_kernels1'
+# The calls made (results/reference/h200/, README "What it measured on an H200"):
+#   1. BUDGET_S=560 ... 'medium0&tests_kernels1'   (medium: 514 s; the tests took 8.7 min with the
+#      CPUs shared, so the kernel run after them was cut after 4 rows)
+#   2. BUDGET_S=565 ... large_pool                 (520 s)
+#   3. BUDGET_S=290 ... scaleout, then on GPU 0: python3 benchmarks/attention_kernels.py --tokens 131072
+#      --mechanisms sliding_window,flex,linear,flash,lsh,baseline --seq-lens 16384,2048 (162 s);
+#      scaleout's last step (torchrun on 2 GPUs) was cut at the budget
+#   4. that step alone: python3 -m torch.distributed.run --standalone --nproc_per_node 2 main.py
+#      --preset fast_test --offline --model gpt2-medium --attention sdpa --seq-len 1024 --steps 20
+#      --epochs 1 --warmup 5 --no-compile --batch-size 16 (41.6 s), then here
+#      python benchmarks/scaleout_summary.py results/reference/h200/scaleout_2gpu
 # Steps:
 #   medium0         full_test preset, gpt2-medium (batch 8, compiled, precompile auto), on GPU 0
 #   large_pool      full_test preset, gpt2-large, through the --gpus 0,1 pool (each run alone on

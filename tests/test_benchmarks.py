@@ -1,0 +1,43 @@
+"""The attention benchmarks on CPU, tiny: every row is written, ratios are computed from them,
+and the lsh profiler names its implementations' times and top ops (the GPU runs are the device's)."""
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import attention_kernels  # noqa: E402
+import profile_lsh  # noqa: E402
+
+
+def test_kernel_benchmark_writes_every_row_and_the_target_ratios(tmp_path, capsys):
+    attention_kernels.main(["--device", "cpu", "--dtype", "fp32", "--seq-lens", "64,128", "--tokens", "256",
+                            "--repeats", "1", "--warmup", "1", "--mechanisms", "baseline,lsh,flash",
+                            "--out", str(tmp_path)])
+    rows = pd.read_csv(tmp_path / "attention_kernels.csv")
+    assert list(zip(rows.mechanism, rows["T"], rows.B)) == [
+        ("baseline", 64, 4), ("baseline", 128, 2), ("lsh", 64, 4), ("lsh", 128, 2), ("flash", 64, 4), ("flash", 128, 2)]
+    ok = rows[rows.status == "ok"]
+    assert set(ok.mechanism) == {"baseline", "lsh"} and (ok.fwd_bwd_ms >= ok.fwd_ms).all()
+    assert rows[rows.mechanism == "flash"].status.str.startswith("unavailable: FlashAttention").all()
+    assert (tmp_path / "attention_kernels.png").exists()
+    assert "fwd+bwd time ratios" in capsys.readouterr().out
+
+
+def test_target_ratios_divide_fwd_bwd_times_and_say_what_was_not_measured():
+    rows = [dict(mechanism="lsh", T=2048, status="ok", fwd_bwd_ms=30.0),
+            dict(mechanism="baseline", T=2048, status="ok", fwd_bwd_ms=10.0),
+            dict(mechanism="lsh", T=4096, status="ok", fwd_bwd_ms=31.0),
+            dict(mechanism="baseline", T=4096, status="oom")]
+    lines = attention_kernels.ratios(rows)
+    assert "  lsh / baseline at T=2048: 3.00" in lines
+    assert "  lsh / baseline at T=4096: n/a (not measured)" in lines
+
+
+def test_lsh_profiler_times_each_impl_and_lists_its_top_ops(tmp_path):
+    profile_lsh.main(["--device", "cpu", "--T", "64", "--tokens", "128", "--repeats", "1", "--rows", "3",
+                      "--out", str(tmp_path)])
+    text = (tmp_path / "profile_lsh.txt").read_text()
+    assert "impl=matmul: B=2 H=12 T=64" in text and "fwd+bwd" in text and "aten::" in text
+    assert "impl=flex: skipped, it runs on CUDA only" in text
+    assert (tmp_path / "lsh_matmul_T64.json").stat().st_size > 0
