@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from attention_kernels import median_time  # noqa: E402  (benchmarks/, this script's folder)
 from attentions import lsh  # noqa: E402
 from attentions.common import StubAttention  # noqa: E402
 
@@ -46,25 +46,6 @@ def parse_args(argv=None):
     return args
 
 
-def timed_ms(fn, device, repeats) -> float:
-    """Median milliseconds of fn(): CUDA events on a GPU, perf_counter elsewhere."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            import time
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
 def profile_impl(impl, args, device) -> list[str]:
     """Times and the top ops of one implementation, as lines; writes its Chrome trace."""
     if impl == "flex" and not lsh.uses_flex(device, {"impl": "flex"}):
@@ -87,7 +68,7 @@ def profile_impl(impl, args, device) -> list[str]:
         torch.autograd.grad(call(), (q, k, v), grad)
     for _ in range(3):
         fwd_bwd()
-    fwd, both = timed_ms(call, device, args.repeats), timed_ms(fwd_bwd, device, args.repeats)
+    fwd, both = (1e3 * median_time(f, device, args.repeats) for f in (call, fwd_bwd))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(2):
