@@ -72,13 +72,13 @@ def hash_buckets(x, rot):
     return torch.cat(parts, dim=-1)
 
 
-FLEX_BLOCK = 128  # FlexAttention's block size: the slot count is a multiple of it
+FLEX_BLOCK = 128  # FlexAttention's block size: impl=flex needs a slot count that is a multiple of it
 
 
-def n_slots(T, c, nb):
+def n_slots(T, c, nb, flex=False):
     """Slots of the chunked layout: a bound on the 2T items with every bucket padded to whole
-    chunks of c, rounded up to a multiple of both c and FLEX_BLOCK."""
-    step = math.lcm(c, FLEX_BLOCK)
+    chunks of c, rounded up to a multiple of c (and of FLEX_BLOCK for the flex path)."""
+    step = math.lcm(c, FLEX_BLOCK) if flex else c
     return -(-(2 * T + nb * (c - 1)) // step) * step
 
 
@@ -92,7 +92,7 @@ class Assignment(NamedTuple):
     slot_bucket: torch.Tensor  # (B, H, R, S) bucket of the slot's item, -1 if empty
 
 
-def slots(hq, hk, key_real, c, nb):
+def slots(hq, hk, key_real, c, nb, flex=False):
     """Per-bucket chunked layout of the 2T items; bucket regions padded to whole chunks of c."""
     T = hq.shape[-1]
     pos = torch.arange(T, device=hq.device)
@@ -108,7 +108,7 @@ def slots(hq, hk, key_real, c, nb):
     pstart = padded.cumsum(-1) - padded                                   # first slot per bucket
     rank = torch.arange(2 * T, device=hq.device) - start.gather(-1, sorted_bucket)
     item_slot = torch.empty_like(order).scatter_(-1, order, pstart.gather(-1, sorted_bucket) + rank)
-    S = n_slots(T, c, nb)                                                 # bound on sum(padded)
+    S = n_slots(T, c, nb, flex)                                           # bound on sum(padded)
     shape = (*bucket.shape[:-1], S)
     q_slot, k_slot = item_slot[..., :T], item_slot[..., T:]
     return Assignment(
@@ -136,8 +136,9 @@ def module_rotations(module, query, p):
     return rot
 
 
-def assign(query, key, padding, p, layer_idx, rot=None):
-    """Hash queries and keys and lay them out in chunks. query, key (B, H, T, D)."""
+def assign(query, key, padding, p, layer_idx, rot=None, flex=False):
+    """Hash queries and keys and lay them out in chunks. query, key (B, H, T, D). flex: a slot
+    count that flex_chunk_attention can take."""
     B, H, T, D = query.shape
     nb = n_buckets(T, p)
     if rot is None:
@@ -146,7 +147,7 @@ def assign(query, key, padding, p, layer_idx, rot=None):
     hq, hk = hash_buckets(query.detach(), rot), hash_buckets(key.detach(), rot)
     real = torch.ones(B, T, dtype=torch.bool, device=query.device) if padding is None else padding
     with torch.no_grad():
-        return slots(hq, hk, real[:, None, None, :], int(p["bucket_size"]), nb)
+        return slots(hq, hk, real[:, None, None, :], int(p["bucket_size"]), nb, flex)
 
 
 def _gather(x, index):
@@ -236,6 +237,8 @@ def flex_chunk_attention(query, key, value, a, c, scaling, flex=None):
     from torch.nn.attention.flex_attention import BlockMask
     B, H, R, S = a.slot_pos.shape
     D = query.shape[-1]
+    if S % FLEX_BLOCK:
+        raise ValueError(f"lsh flex path: {S} slots is not a multiple of {FLEX_BLOCK}; assign(..., flex=True)")
 
     def heads(t):  # (B, H, R, S, ...) -> (B, H * R, S, ...)
         return t.reshape(B, H * R, *t.shape[3:])
@@ -271,8 +274,9 @@ def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0
     # query, key, value (B, H, T, D)
     p = params_of(module, PARAMS)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    a = assign(query, key, padding_of(attention_mask), p, None, module_rotations(module, query, p))
-    chunked = flex_chunk_attention if uses_flex(query.device, p) else chunk_attention
+    flex = uses_flex(query.device, p)
+    a = assign(query, key, padding_of(attention_mask), p, None, module_rotations(module, query, p), flex)
+    chunked = flex_chunk_attention if flex else chunk_attention
     out, lse = chunked(query, key, value, a, int(p["bucket_size"]), scaling)
     weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, H, R, T, 1) combine the rounds
     out = (weights * out).sum(2).to(query.dtype)       # (B, H, T, D)

@@ -169,7 +169,7 @@ def test_lsh_flex_layout_gives_the_chunked_matmuls_result(c, n_buckets):
     eager flex here (no CPU backward; the GPU test below compares gradients)."""
     from torch.nn.attention.flex_attention import flex_attention
     q, k, v, padding = common.self_check_inputs(B=2, H=3, T=300, D=16)
-    a = lsh.assign(q, k, padding, {**lsh.PARAMS, "bucket_size": c, "n_buckets": n_buckets}, 0)
+    a = lsh.assign(q, k, padding, {**lsh.PARAMS, "bucket_size": c, "n_buckets": n_buckets}, 0, flex=True)
     out, lse = lsh.chunk_attention(q, k, v, a, c, 0.25)
     out2, lse2 = lsh.flex_chunk_attention(q, k, v, a, c, 0.25, flex=flex_attention)
     assert _diff(out2, out) < 1e-5 and _diff(lse2, lse) < 1e-5
@@ -183,10 +183,21 @@ def test_lsh_impl_is_checked_at_install_and_flex_is_cuda_only():
     assert not lsh.uses_flex("cpu", flex_params) and not lsh.uses_flex("cuda", lsh.PARAMS)
 
 
+def test_lsh_default_layout_keeps_chunk_padding_and_flex_refuses_it():
+    """The matmul path pads slots to chunks of c only (1008 for c = 48 here); flex needs 128s."""
+    q, k, v, _ = common.self_check_inputs(B=1, H=1, T=300, D=16)
+    params = {**lsh.PARAMS, "bucket_size": 48}
+    a = lsh.assign(q, k, None, params, 0)
+    assert a.slot_pos.shape[-1] == lsh.n_slots(300, 48, 8) == 1008
+    with pytest.raises(ValueError, match="flex=True"):
+        lsh.flex_chunk_attention(q, k, v, a, 48, 0.25)
+    assert lsh.assign(q, k, None, params, 0, flex=True).slot_pos.shape[-1] == 1152  # lcm(48, 128) = 384
+
+
 @pytest.mark.parametrize("c", [4, 48, 64, 128, 200])
 def test_lsh_band_blocks_hold_every_own_and_previous_chunk_key(c):
     """Compiled flex visits only the listed key blocks: each must cover the whole band."""
-    S = lsh.n_slots(700, c, 12)
+    S = lsh.n_slots(700, c, 12, flex=True)
     num, idx = lsh.band_blocks(S, c, "cpu")
     n = S // lsh.FLEX_BLOCK
     listed = torch.zeros(n, n, dtype=torch.bool)
@@ -330,7 +341,7 @@ def test_lsh_compiled_flex_matches_chunked_matmuls_with_gradients_on_cuda():
     torch.manual_seed(0)
     q, k, v, padding = (x.cuda() for x in common.self_check_inputs(B=2, H=4, T=1000, D=64))
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    a = lsh.assign(q, k, padding, lsh.PARAMS, 0)
+    a = lsh.assign(q, k, padding, lsh.PARAMS, 0, flex=True)
     grad = torch.randn(*a.q_slot.shape, 64, device="cuda")
     results = []
     for chunked in (lsh.chunk_attention, lsh.flex_chunk_attention):
