@@ -17,13 +17,18 @@ from attentions.common import causal_pairs, padding_of, self_check_inputs
 from attentions.registry import AttentionSpec, register
 
 
+_FLASH_ATTN = {}  # looked up once: a failed import costs ~90 us, at every layer of every forward
+
+
 def _flash_attn():
     """flash_attn_func if the flash-attn package is installed (pip install flash-attn), else None."""
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError:
-        return None
-    return flash_attn_func
+    if "func" not in _FLASH_ATTN:
+        try:
+            from flash_attn import flash_attn_func
+        except ImportError:
+            flash_attn_func = None
+        _FLASH_ATTN["func"] = flash_attn_func
+    return _FLASH_ATTN["func"]
 
 
 def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -284,6 +284,22 @@ def test_baseline_flops_match_torch_flop_counter():
     assert counter.get_total_flops() == attentions.get("baseline").flops(2, 3, 32, 16, {})
 
 
+def test_flash_attn_package_is_looked_up_once(monkeypatch):
+    """A failed `import flash_attn` costs ~90 us; forward asks at every layer of every step."""
+    import sys
+    import types
+    monkeypatch.setattr(flash, "_FLASH_ATTN", {})
+    fake = types.ModuleType("flash_attn")
+    fake.flash_attn_func = object()
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    assert flash._flash_attn() is fake.flash_attn_func
+    monkeypatch.delitem(sys.modules, "flash_attn")  # gone, but the answer is kept
+    assert flash._flash_attn() is fake.flash_attn_func
+    monkeypatch.setattr(flash, "_FLASH_ATTN", {})
+    import importlib.util
+    assert (flash._flash_attn() is None) == (importlib.util.find_spec("flash_attn") is None)
+
+
 def test_cpu_kernel_names_are_honest():
     cpu = torch.device("cpu")
     assert attentions.get("flex").kernel(cpu, {}) == common.CPU_FLEX_KERNEL
