@@ -17,8 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from attentions.registry import ORDER as ATTENTION_FILES  # every mechanism file
+
 ROOT = Path(__file__).resolve().parent
-ATTENTION_FILES = ["baseline", "sdpa", "flash", "flex", "flex_sparse", "sliding_window", "linear", "lsh", "gqa"]
 PRELOAD = ["torch", "transformers", "transformers.models.gpt2.modeling_gpt2", "train",
            *(f"attentions.{name}" for name in ATTENTION_FILES)]
 _CONTEXT = None

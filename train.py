@@ -163,11 +163,16 @@ def compiled(wrapped, cfg: Config):
     return torch.compile(wrapped) if cfg.compile else wrapped
 
 
-def run(cfg: Config, run: dict, log=print) -> dict:
-    """Train one configuration; returns {"rows", "info", "samples"}. Raises on failure."""
+def _seeded_prepare(cfg: Config, run: dict):
+    """The run's device and prepare(), after seeding: the same for a measured and a warm run."""
     torch.manual_seed(cfg.seed)
     device = distributed.local_device(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK
-    p = prepare(cfg, run, device)
+    return device, prepare(cfg, run, device)
+
+
+def run(cfg: Config, run: dict, log=print) -> dict:
+    """Train one configuration; returns {"rows", "info", "samples"}. Raises on failure."""
+    device, p = _seeded_prepare(cfg, run)
     timer, rows = StepTimer(device), []
     meter = Meter(device, interval_s=cfg.sample_interval_s)
     meter.start()
@@ -217,10 +222,8 @@ def warm(cfg: Config, run: dict) -> dict:
     """Fill torch.compile's on-disk caches for this run (sweep.py's precompile phase): the same
     prepare(), one training step and one no-grad forward, nothing measured. Graphs are keyed on
     code and shapes, so the measured run that follows loads them instead of compiling again."""
-    torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
-    p = prepare(cfg, run, device)
+    device, p = _seeded_prepare(cfg, run)
     batch = p["batches"][0]
     train_step(p["step_model"], batch, p["opt"], p["scaler"], p["dtype"], StepTimer(device), run["attention"], 0)
     if cfg.measure_inference:

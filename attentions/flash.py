@@ -13,22 +13,18 @@ too; their outputs are finite and ignored by the loss. That is why no varlen pat
 import torch
 import torch.nn.functional as F
 
-from attentions.common import causal_pairs, padding_of, self_check_inputs
+from attentions.common import built_once, causal_pairs, padding_of, self_check_inputs
 from attentions.registry import AttentionSpec, register
 
 
-_FLASH_ATTN = {}  # looked up once: a failed import costs ~90 us, at every layer of every forward
-
-
+@built_once  # looked up once: a failed import costs ~90 us, at every layer of every forward
 def _flash_attn():
     """flash_attn_func if the flash-attn package is installed (pip install flash-attn), else None."""
-    if "func" not in _FLASH_ATTN:
-        try:
-            from flash_attn import flash_attn_func
-        except ImportError:
-            flash_attn_func = None
-        _FLASH_ATTN["func"] = flash_attn_func
-    return _FLASH_ATTN["func"]
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
 
 
 def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

@@ -36,10 +36,12 @@ def check(folder: Path, gpu_memory_mb: float | None = None) -> list[tuple[str, b
         return [("rows", False, "no measured rows")]
     window = "window_s" if "window_s" in b else "train_time_s"  # older folders have no window_s
     limit = env.get("power_limit_w")
-    run_power = b.groupby("run_id")["gpu_power_w"].median().max()
+    per_run = b.groupby("run_id")
+    run_power = per_run["gpu_power_w"].median().max()
     p = b["gpu_power_w"].max()
-    g = b.groupby("run_id")
-    counter_power = (g["energy_j"].sum() / g[window].sum()).max()
+    energy, seconds = per_run["energy_j"].sum(), per_run[window].sum()
+    integral = (b["gpu_power_w"] * b[window]).groupby(b["run_id"]).sum()
+    counter_power = (energy / seconds).max()
     out.append(("power under the board limit", bool(limit) and run_power < limit
                 and max(p, counter_power) < limit * (1 + NVML_ACCURACY),
                 f"highest run median {run_power:.0f} W, highest step {p:.0f} W, highest run from the energy "
@@ -51,11 +53,9 @@ def check(folder: Path, gpu_memory_mb: float | None = None) -> list[tuple[str, b
         out.append(("memory under the card's size", mem < gpu_memory_mb,
                     f"max {mem:,.0f} MB of {gpu_memory_mb:,.0f} MB"))
     long, short = [], []
-    for rid, g in b.groupby("run_id"):
-        counter = g["energy_j"].sum()
-        integral = (g["gpu_power_w"] * g[window]).sum()
-        if counter > 0 and math.isfinite(integral):
-            (long if g[window].sum() >= MIN_COMPARE_S else short).append((integral / counter - 1, rid))
+    for rid, counter in energy.items():
+        if counter > 0 and math.isfinite(integral[rid]):
+            (long if seconds[rid] >= MIN_COMPARE_S else short).append((integral[rid] / counter - 1, rid))
     if long:
         diff, rid = max(long, key=lambda x: abs(x[0]))
         out.append(("energy counter vs power integral", abs(diff) < ENERGY_TOLERANCE,

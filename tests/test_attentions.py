@@ -288,16 +288,19 @@ def test_flash_attn_package_is_looked_up_once(monkeypatch):
     """A failed `import flash_attn` costs ~90 us; forward asks at every layer of every step."""
     import sys
     import types
-    monkeypatch.setattr(flash, "_FLASH_ATTN", {})
+    flash._flash_attn.cache.clear()
     fake = types.ModuleType("flash_attn")
     fake.flash_attn_func = object()
     monkeypatch.setitem(sys.modules, "flash_attn", fake)
-    assert flash._flash_attn() is fake.flash_attn_func
-    monkeypatch.delitem(sys.modules, "flash_attn")  # gone, but the answer is kept
-    assert flash._flash_attn() is fake.flash_attn_func
-    monkeypatch.setattr(flash, "_FLASH_ATTN", {})
-    import importlib.util
-    assert (flash._flash_attn() is None) == (importlib.util.find_spec("flash_attn") is None)
+    try:
+        assert flash._flash_attn() is fake.flash_attn_func
+        monkeypatch.delitem(sys.modules, "flash_attn")  # gone, but the answer is kept
+        assert flash._flash_attn() is fake.flash_attn_func
+        flash._flash_attn.cache.clear()
+        import importlib.util
+        assert (flash._flash_attn() is None) == (importlib.util.find_spec("flash_attn") is None)
+    finally:
+        flash._flash_attn.cache.clear()  # the next caller looks the real package up again
 
 
 def test_cpu_kernel_names_are_honest():
