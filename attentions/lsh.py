@@ -18,13 +18,22 @@ at or before it. Each bucket is padded to whole chunks in a slot layout of fixed
 runs as batched matmuls: memory O(n_hashes * T * bucket_size), linear in T.
 
 Kernels: by default (impl="matmul") the chunked attention runs as batched matmuls per chunk
-(chunk_attention), on every device. impl="flex" runs it on CUDA as ONE FlexAttention call over
-the slot layout (rounds as extra heads): a fixed band of blocks (each query block with the key
-blocks holding its own and the previous chunks) and a mask_mod reading each slot's bucket,
-position and key flag, the returned log-sum-exp (which flex differentiates) combining the rounds.
-It is exact to the matmul path (tests, forward and gradients on the H200) but measured SLOWER on
-the H200 (2026-11-29: fwd+bwd 185 ms vs about 90 ms at 131k tokens, T = 2048; its forward took
-165 ms of it, cause not found yet), so it is opt-in until profiled.
+(chunk_attention), on every device. The items are SCATTERED into the slot layout (each has one
+slot, so the backward is a gather; gathering from the slots made the backward scatter_add with
+atomics), keys and values into one flat layout whose chunk views need no copies, and each query's
+row is taken back with a gather whose backward is a plain scatter (_TakeSlots). On the H200
+(2026-11-29, 131k tokens, T = 2048, fwd+bwd, compiled) that took lsh from about 90 ms to 23.9 ms;
+baseline takes 23.8 ms. What is left is memory-bound: the c x c score tiles are as large as the
+chunks they come from, and the rows of key slots are computed and thrown away.
+
+impl="flex" runs the chunks on CUDA as ONE FlexAttention call over the slot layout (rounds as
+extra heads): a fixed band of blocks (each query block with the key blocks holding its own and
+the previous chunks) and a mask_mod reading each slot's bucket, position and key flag, the
+returned log-sum-exp (which flex differentiates) combining the rounds. It is exact to the matmul
+path (tests, forward and gradients on the H200) but SLOWER: 177 ms fwd+bwd at the size above, of
+which 155 ms is flex's forward kernel alone against 14 ms for its backward kernel - about what
+the dense S x S forward would take, as if the forward visited every key block. Not found yet;
+opt-in until it is.
 
 Rounds: each round r gives out_r and its log-sum-exp lse_r; out = sum_r softmax_r(lse_r) out_r.
 This is softmax over the union of the rounds' keys where a key found in m rounds weighs m times
@@ -86,6 +95,7 @@ class Assignment(NamedTuple):
     hq: torch.Tensor          # (B, H, R, T) bucket of each query
     hk: torch.Tensor          # (B, H, R, T) bucket of each key
     q_slot: torch.Tensor      # (B, H, R, T) slot of each query in the chunked layout
+    k_slot: torch.Tensor      # (B, H, R, T) slot of each key
     slot_pos: torch.Tensor    # (B, H, R, S) original position of the item in each slot
     slot_isq: torch.Tensor    # (B, H, R, S) slot holds a query
     slot_isk: torch.Tensor    # (B, H, R, S) slot holds a real (unpadded) key
@@ -112,7 +122,7 @@ def slots(hq, hk, key_real, c, nb, flex=False):
     shape = (*bucket.shape[:-1], S)
     q_slot, k_slot = item_slot[..., :T], item_slot[..., T:]
     return Assignment(
-        hq, hk, q_slot,
+        hq, hk, q_slot, k_slot,
         torch.zeros(shape, dtype=torch.long, device=hq.device).scatter_(-1, item_slot, item_pos),
         torch.zeros(shape, dtype=torch.bool, device=hq.device).scatter_(-1, q_slot, True),
         torch.zeros(shape, dtype=torch.bool, device=hq.device).scatter_(-1, k_slot, key_real.expand_as(hk)),
@@ -150,49 +160,88 @@ def assign(query, key, padding, p, layer_idx, rot=None, flex=False):
         return slots(hq, hk, real[:, None, None, :], int(p["bucket_size"]), nb, flex)
 
 
-def _gather(x, index):
-    """x (B, H, T, D), index (B, H, R, N) -> (B, H, R, N, D)."""
-    B, H, R, N = index.shape
-    src = x.unsqueeze(2).expand(B, H, R, *x.shape[2:])
-    return src.gather(3, index.unsqueeze(-1).expand(B, H, R, N, x.shape[-1]))
+def _place(x, slot, S):
+    """x (B, H, T, D) -> (B, H, R, S, D): item t's vector at slot slot[..., t] of each round,
+    zeros elsewhere. A scatter, not a gather from the slots: each item has ONE slot, so the
+    backward is a gather (grad at the item's slot), where a gather's backward is a scatter_add
+    (atomics, and the empty slots all hitting one address)."""
+    B, H, R, T = slot.shape
+    D = x.shape[-1]
+    index = slot.unsqueeze(-1).expand(B, H, R, T, D)
+    return x.new_zeros(B, H, R, S, D).scatter(3, index, x.unsqueeze(2).expand(B, H, R, T, D))
 
 
-def _with_previous_chunk(x):
-    """x (..., N, c, *) -> (..., N, 2c, *): each chunk followed by the chunk before it."""
-    prev = torch.cat([torch.zeros_like(x[..., :1, :, :]), x[..., :-1, :, :]], dim=-3)
-    return torch.cat([x, prev], dim=-2)
+def _place_flat(x, slot, S, lead):
+    """x (B, H, T, D) -> (lead + B*H*R*S, D): _place for all (batch, head, round) rows in one flat
+    layout after `lead` empty slots, so that a chunk and the chunk before it are both views."""
+    B, H, R, T = slot.shape
+    D = x.shape[-1]
+    row = torch.arange(B * H * R, device=slot.device).view(B, H, R, 1) * S
+    index = (slot + row + lead).view(B * H * R * T, 1).expand(-1, D)
+    src = x.unsqueeze(2).expand(B, H, R, T, D).reshape(B * H * R * T, D)
+    return x.new_zeros(lead + B * H * R * S, D).scatter(0, index, src)
+
+
+class _TakeSlots(torch.autograd.Function):
+    """x.gather(3, index) for an index that never repeats (each query has one slot): the backward
+    is a plain scatter into zeros, not scatter_add's atomics."""
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.save_for_backward(index)
+        ctx.slots = x.shape[3]
+        return x.gather(3, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, = ctx.saved_tensors
+        shape = (*grad.shape[:3], ctx.slots, *grad.shape[4:])
+        return grad.new_zeros(shape).scatter(3, index, grad), None
+
+
+def _take(x, slot):
+    """x (B, H, R, S, D) -> (B, H, R, T, D): each query's row, at its slot."""
+    return _TakeSlots.apply(x, slot.unsqueeze(-1).expand(*slot.shape, x.shape[-1]))
 
 
 def chunk_attention(query, key, value, a, c, scaling):
-    """One softmax per chunk over [own chunk, previous chunk, own key], as batched matmuls
-    -> out (B, H, R, T, D) fp32 and lse (B, H, R, T) per query and round."""
+    """One softmax per chunk over [previous chunk, own chunk, own key], as batched matmuls
+    -> out (B, H, R, T, D) fp32 and lse (B, H, R, T) per query and round.
+
+    Queries are scattered into the slot layout; keys and values into ONE flat layout of all
+    (batch, head, round) rows after one empty chunk, so that a chunk's own keys and its previous
+    chunk's keys are both views of it (no copies). Chunk 0's previous chunk is the row before's
+    last chunk (or the empty one): masked, as every slot that is not a real key of the query's
+    bucket is. Within a bucket the slots are in (position, query before key) order, so "earlier
+    in position" is "earlier slot": all of the previous chunk, a lower triangle of the own one."""
     B, H, R, S = a.slot_pos.shape
-    N = S // c
-    view = (B, H, R, N, c)
-    # Every slot gathers its item's vectors; `allowed` below keeps only query rows x key columns.
-    q = _gather(query, a.slot_pos).view(*view, -1)                                  # (B,H,R,N,c,D)
-    k2 = _with_previous_chunk(_gather(key, a.slot_pos).view(*view, -1))             # (B,H,R,N,2c,D)
-    v2 = _with_previous_chunk(_gather(value, a.slot_pos).view(*view, -1))
-    kpos, kreal, kbucket = (_with_previous_chunk(t.view(*view, 1)).squeeze(-1)     # (B,H,R,N,2c)
-                            for t in (a.slot_pos, a.slot_isk, a.slot_bucket))
-    qpos, qbucket = a.slot_pos.view(view), a.slot_bucket.view(view)
-    allowed = (kreal.unsqueeze(-2) & (kbucket.unsqueeze(-2) == qbucket.unsqueeze(-1))
-               & (kpos.unsqueeze(-2) < qpos.unsqueeze(-1)))                         # (B,H,R,N,c,2c)
-    scores = (q @ k2.transpose(-1, -2)).float() * scaling
-    scores = scores.masked_fill_(~allowed, float("-inf"))                         # (B,H,R,N,c,2c)
-    own = ((query * key).sum(-1).float() * scaling)                                 # (B, H, T)
-    own = own.unsqueeze(2).expand(B, H, R, -1).gather(-1, a.slot_pos).view(*view, 1)
-    # softmax over [chunk keys, own key]; the own key is always there, so no row is empty
-    top = torch.maximum(scores.amax(-1, keepdim=True), own)
-    e, e_own = torch.exp(scores - top), torch.exp(own - top)
-    total = e.sum(-1, keepdim=True) + e_own                                         # (B,H,R,N,c,1)
-    out = ((e / total).to(value.dtype) @ v2).float().view(B, H, R, S, -1)           # (B,H,R,S,D)
-    lse = (top + total.log()).view(B, H, R, S)
-    p_own = (e_own / total).view(B, H, R, S)
-    pick = a.q_slot                                                                 # (B, H, R, T)
-    out = out.gather(3, pick.unsqueeze(-1).expand(*pick.shape, out.shape[-1]))
-    out = out + p_own.gather(-1, pick).unsqueeze(-1) * value.float().unsqueeze(2)  # (B, H, R, T, D)
-    return out, lse.gather(-1, pick)
+    N, D = S // c, query.shape[-1]
+    qs = _place(query, a.q_slot, S).view(B * H * R * N, c, D)                        # (BHRN, c, D)
+    kf, vf = (_place_flat(x, a.k_slot, S, lead=c) for x in (key, value))            # (c + BHRS, D)
+    k_own, k_prev = kf[c:].view(-1, c, D), kf[:-c].view(-1, c, D)                   # (BHRN, c, D)
+    v_own, v_prev = vf[c:].view(-1, c, D), vf[:-c].view(-1, c, D)
+    kb = torch.where(a.slot_isk, a.slot_bucket, -2)           # a key's bucket; -2 matches no query
+    kb = torch.cat([kb.new_full((B, H, R, c), -2), kb], dim=-1)                      # per row
+    kb_own, kb_prev = kb[..., c:].view(B, H, R, N, 1, c), kb[..., :S].view(B, H, R, N, 1, c)
+    qb = a.slot_bucket.view(B, H, R, N, c, 1)
+    before = torch.ones(c, c, dtype=torch.bool, device=query.device).tril(-1)      # key slot < query slot
+    view = (B, H, R, N, c, c)
+    s_own = ((qs @ k_own.transpose(-1, -2)).view(view).float() * scaling).masked_fill(
+        ~((kb_own == qb) & before), -math.inf)
+    s_prev = ((qs @ k_prev.transpose(-1, -2)).view(view).float() * scaling).masked_fill(kb_prev != qb, -math.inf)
+    own = (query * key).sum(-1).float() * scaling                                    # (B, H, T)
+    own = own.new_zeros(B, H, R, S).scatter(-1, a.q_slot, own.unsqueeze(2).expand(B, H, R, -1))
+    own = own.view(B, H, R, N, c, 1)
+    # softmax over [previous chunk, own chunk, own key]; the own key is always there: no empty row
+    top = torch.maximum(torch.maximum(s_own.amax(-1, keepdim=True), s_prev.amax(-1, keepdim=True)), own)
+    e_own, e_prev, e_self = torch.exp(s_own - top), torch.exp(s_prev - top), torch.exp(own - top)
+    total = e_own.sum(-1, keepdim=True) + e_prev.sum(-1, keepdim=True) + e_self    # (B,H,R,N,c,1)
+    p_own, p_prev = ((e / total).to(value.dtype).view(-1, c, c) for e in (e_own, e_prev))
+    out = _take((p_own @ v_own + p_prev @ v_prev).view(B, H, R, S, D), a.q_slot).float()  # (B,H,R,T,D)
+    pick = a.q_slot
+    p_self = (e_self / total).view(B, H, R, S).gather(-1, pick)
+    out = out + p_self.unsqueeze(-1) * value.float().unsqueeze(2)
+    return out, (top + total.log()).view(B, H, R, S).gather(-1, pick)
 
 
 @built_once
@@ -242,7 +291,8 @@ def flex_chunk_attention(query, key, value, a, c, scaling, flex=None):
 
     def heads(t):  # (B, H, R, S, ...) -> (B, H * R, S, ...)
         return t.reshape(B, H * R, *t.shape[3:])
-    qs, ks, vs = (heads(_gather(x, a.slot_pos)) for x in (query, key, value))
+    qs = heads(_place(query, a.q_slot, S))
+    ks, vs = (heads(_place(x, a.k_slot, S)) for x in (key, value))
     num, idx = band_blocks(S, c, str(query.device))
     mask = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=FLEX_BLOCK, seq_lengths=(S, S),
                                     mask_mod=slot_mask(heads(a.slot_pos), heads(a.slot_isk),

@@ -147,6 +147,33 @@ def test_lsh_matches_masked_softmax_over_its_assignment(params, length):
     assert _max_err(out, lsh.reference(module, q, k, v, padding, scaling=0.25)) < 1e-5
 
 
+@pytest.mark.parametrize("params,length", [
+    ({"n_hashes": 2, "bucket_size": 4, "n_buckets": 0, "seed": 0}, 48),
+    ({"n_hashes": 3, "bucket_size": 5, "n_buckets": 2, "seed": 1}, 61),
+])
+def test_lsh_gradients_equal_the_masked_softmax_reference(params, length):
+    """The scatters into the slot layout, the chunk views of the flat key layout and the custom
+    backward of taking each query's row are checked where they matter: the gradients."""
+    q, k, v, padding = _qkv(length=length)
+    module, grad = StubAttention(params), torch.randn(2, length, 3, 16)
+    grads = []
+    for f in (lambda *x: lsh.forward(module, *x, padding, scaling=0.25)[0],
+              lambda *x: lsh.reference(module, *x, padding, scaling=0.25).transpose(1, 2)):
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        grads.append(torch.autograd.grad((f(*x) * grad).sum(), x))
+    for mine, ref in zip(*grads):
+        assert ref.abs().max() > 0 and _diff(mine, ref) < 1e-5
+
+
+def test_lsh_take_slots_backward_is_the_gathers_backward():
+    x = torch.randn(2, 3, 2, 10, 4, requires_grad=True)
+    slot = torch.stack([torch.randperm(10)[:6] for _ in range(12)]).view(2, 3, 2, 6)  # unique per row
+    grad = torch.randn(2, 3, 2, 6, 4)
+    mine = torch.autograd.grad((lsh._take(x, slot) * grad).sum(), x)[0]
+    ref = torch.autograd.grad((x.gather(3, slot.unsqueeze(-1).expand(2, 3, 2, 6, 4)) * grad).sum(), x)[0]
+    assert torch.equal(mine, ref) and (mine == 0).any()  # slots nobody takes get no gradient
+
+
 def test_lsh_bucket_assignment_never_depends_on_the_future():
     """Reformer chunks the global sorted order, so later tokens can move earlier ones between
     chunks; chunking per bucket must make each query's key set depend on the past only."""
