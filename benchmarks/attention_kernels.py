@@ -177,13 +177,15 @@ def print_row(row):
 def ratios(rows):
     """Lines comparing fwd+bwd times: a / b < 1 means a is faster."""
     t = {(r["mechanism"], r["T"]): r.get("fwd_bwd_ms") for r in rows if r["status"] == "ok"}
+    status = {(r["mechanism"], r["T"]): r["status"] for r in rows}
     Ts = sorted({r["T"] for r in rows})
     top = Ts[-1] if Ts else 0
 
     def line(a, b, T):
         if t.get((a, T)) and t.get((b, T)):
             return f"  {a} / {b} at T={T}: {t[(a, T)] / t[(b, T)]:.2f}"
-        return f"  {a} / {b} at T={T}: n/a (not measured)"
+        why = "; ".join(f"{m}: {status[(m, T)][:40]}" for m in (a, b) if status.get((m, T), "ok") != "ok")
+        return f"  {a} / {b} at T={T}: n/a ({why or 'not measured'})"
     out = [line("flex", "flash", T) for T in Ts if T >= 1024]
     out += [line("sliding_window", "flex", top), line("linear", "flash", top)]
     out += [line("lsh", "baseline", T) for T in Ts if T >= 2048]

@@ -31,7 +31,8 @@ def test_target_ratios_divide_fwd_bwd_times_and_say_what_was_not_measured():
             dict(mechanism="baseline", T=4096, status="oom")]
     lines = attention_kernels.ratios(rows)
     assert "  lsh / baseline at T=2048: 3.00" in lines
-    assert "  lsh / baseline at T=4096: n/a (not measured)" in lines
+    assert "  lsh / baseline at T=4096: n/a (baseline: oom)" in lines
+    assert "  flex / flash at T=2048: n/a (not measured)" in lines
 
 
 def test_lsh_profiler_times_each_impl_and_lists_its_top_ops(tmp_path):
