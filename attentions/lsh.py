@@ -28,12 +28,13 @@ chunks they come from, and the rows of key slots are computed and thrown away.
 
 impl="flex" runs the chunks on CUDA as ONE FlexAttention call over the slot layout (rounds as
 extra heads): a fixed band of blocks (each query block with the key blocks holding its own and
-the previous chunks) and a mask_mod reading each slot's bucket, position and key flag, the
-returned log-sum-exp (which flex differentiates) combining the rounds. It is exact to the matmul
-path (tests, forward and gradients on the H200) but SLOWER: 177 ms fwd+bwd at the size above, of
-which 155 ms is flex's forward kernel alone against 14 ms for its backward kernel - about what
-the dense S x S forward would take, as if the forward visited every key block. Not found yet;
-opt-in until it is.
+the previous chunks) and a mask_mod reading two int32 values per score (slot_mask), the returned
+log-sum-exp (which flex differentiates) combining the rounds. It is exact to the matmul path
+(tests; forward and gradients on the H200 with the mask_mod before this one). It measured SLOWER,
+177 ms fwd+bwd at the size above, because its earlier mask_mod read five int64/bool values per
+score: flex's forward kernel took 155 ms against 14 ms for its backward. With two int32 loads flex
+alone takes 4.3 ms fwd and 14.5 ms fwd+bwd on the same layout (benchmarks/flex_mask_loads.py).
+The whole path has not been timed since, so it stays opt-in.
 
 Rounds: each round r gives out_r and its log-sum-exp lse_r; out = sum_r softmax_r(lse_r) out_r.
 This is softmax over the union of the rounds' keys where a key found in m rounds weighs m times
@@ -258,14 +259,17 @@ def band_blocks(S, c, device):
     return ((hi - lo + 1).int()[None, None].to(device), idx.int()[None, None].to(device))
 
 
-def slot_mask(pos, is_key, bucket, c):
-    """mask_mod over the slot layout (tensors (B, H*R, S)): a query slot sees the real keys of
-    its bucket in its own and the previous chunk, earlier in original position. Rows of slots
-    that hold no query see nothing and are never read."""
+def slot_mask(key_bucket, bucket, c):
+    """mask_mod over the slot layout (int32 tensors (B, H*R, S)): a query slot sees the real keys
+    of its bucket in its own and the previous chunk, in earlier slots - within a bucket the slots
+    are in (position, query before key) order, so an earlier slot is an earlier position.
+    key_bucket: a real key's bucket, -2 elsewhere; bucket: the slot item's bucket, -1 if empty.
+    Rows of key slots are computed and never read. Two int32 loads per score: reading position,
+    key flag and bucket as five int64/bool loads made flex's forward kernel 48x slower on the
+    H200 (157 vs 3.3 ms at 131k tokens, T = 2048; its backward was not slowed)."""
     def mask_mod(b, h, q_idx, kv_idx):
-        near = (kv_idx <= q_idx) & (q_idx // c - kv_idx // c <= 1)
-        same = bucket[b, h, kv_idx] == bucket[b, h, q_idx]
-        return near & same & is_key[b, h, kv_idx] & (pos[b, h, kv_idx] < pos[b, h, q_idx])
+        near = (kv_idx < q_idx) & (q_idx // c - kv_idx // c <= 1)
+        return near & (key_bucket[b, h, kv_idx] == bucket[b, h, q_idx])
     return mask_mod
 
 
@@ -295,8 +299,8 @@ def flex_chunk_attention(query, key, value, a, c, scaling, flex=None):
     ks, vs = (heads(_place(x, a.k_slot, S)) for x in (key, value))
     num, idx = band_blocks(S, c, str(query.device))
     mask = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=FLEX_BLOCK, seq_lengths=(S, S),
-                                    mask_mod=slot_mask(heads(a.slot_pos), heads(a.slot_isk),
-                                                       heads(a.slot_bucket), c))
+                                    mask_mod=slot_mask(heads(torch.where(a.slot_isk, a.slot_bucket, -2).int()),
+                                                       heads(a.slot_bucket.int()), c))
     out, lse = _flex_lse(flex or compiled_flex(), qs, ks, vs, mask, scaling)
     pick = a.q_slot                                                                 # (B, H, R, T)
     out = out.view(B, H, R, S, D).gather(3, pick.unsqueeze(-1).expand(*pick.shape, D)).float()
