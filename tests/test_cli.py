@@ -1,6 +1,5 @@
 """Bad input: a clear message naming the problem, exit code 2, nothing written."""
 import json
-import os
 import subprocess
 import sys
 
