@@ -14,6 +14,7 @@ reset, inputs included. An out-of-memory is recorded as "oom" and the sweep goes
     python benchmarks/attention_kernels.py --out results/kernels            # H200
     python benchmarks/attention_kernels.py --device cpu --max-seq 512 --dtype fp32 --out /tmp/k
     python benchmarks/attention_kernels.py --mechanisms flash,flex --seq-lens 1024,2048 --tokens 131072
+    python benchmarks/attention_kernels.py --mechanisms lsh,baseline --params lsh.impl=flex --tokens 131072
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from attentions.common import StubAttention  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COLUMNS = ["mechanism", "kernel", "T", "B", "H", "D", "dtype", "status", "fwd_ms", "fwd_bwd_ms",
-           "fwd_tflops", "fwd_bwd_tflops", "peak_mb", "kv_mb", "warmup_s", "compiled"]
+           "fwd_tflops", "fwd_bwd_tflops", "peak_mb", "kv_mb", "warmup_s", "compiled", "params"]
 
 
 def parse_args(argv=None):
@@ -51,6 +52,8 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--mechanisms", default=",".join(attentions.ORDER))
+    ap.add_argument("--params", default="",
+                    help="registry parameters other than the defaults, NAME.KEY=VALUE[,...], e.g. lsh.impl=flex")
     ap.add_argument("--out", default="results/attention_kernels")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile each mechanism's call, as the harness compiles the model "
@@ -59,7 +62,36 @@ def parse_args(argv=None):
     cuda = args.device.startswith("cuda")
     args.tokens = args.tokens or (32768 if cuda else 1024)
     args.compile = cuda if args.compile is None else args.compile
+    try:
+        args.overrides = parse_params(args.params)
+    except ValueError as e:
+        ap.error(f"--params: {e}")
+    unused = set(args.overrides) - {n.strip() for n in args.mechanisms.split(",")}
+    if unused:
+        ap.error(f"--params: {', '.join(sorted(unused))} not in --mechanisms")
     return args
+
+
+def parse_params(text: str) -> dict:
+    """"lsh.impl=flex,sliding_window.window=512" -> {"lsh": {"impl": "flex"}, "sliding_window":
+    {"window": 512}}: each value takes the type of the registry's default."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name_key, eq, value = item.partition("=")
+        name, dot, key = name_key.partition(".")
+        if not (eq and dot and key):
+            raise ValueError(f"{item!r} is not NAME.KEY=VALUE")
+        if name not in attentions.names():
+            raise ValueError(f"{name!r} is not an attention; choose from {', '.join(attentions.names())}")
+        spec = attentions.get(name)
+        if key not in spec.params:
+            raise ValueError(f"{name} has no parameter {key!r}; it has {', '.join(spec.params) or 'none'}")
+        kind = type(spec.params[key])
+        try:
+            out.setdefault(name, {})[key] = kind(value) if kind in (int, float) else value
+        except ValueError:
+            raise ValueError(f"{item!r}: {key} takes {kind.__name__} values") from None
+    return out
 
 
 def attention_call(spec, params, B, H, T, D, dtype, device):
@@ -96,9 +128,11 @@ def median_time(fn, device, repeats):
 def measure(name, T, args, device, dtype):
     """One row: times, TFLOP/s and peak memory of mechanism `name` at length T."""
     spec = attentions.get(name)
-    params, H, D = dict(spec.params), args.heads, args.head_dim
+    changed = getattr(args, "overrides", {}).get(name, {})
+    params, H, D = {**spec.params, **changed}, args.heads, args.head_dim
     B = max(1, args.tokens // T)
     row = {"mechanism": name, "T": T, "B": B, "H": H, "D": D, "dtype": args.dtype,
+           "params": " ".join(f"{k}={v}" for k, v in changed.items()),
            "kernel": spec.kernel(device, params, dtype=dtype, shape=(B, H, T, D))}
     row["kv_mb"] = 2 * B * int(params.get("kv_heads", H)) * T * D * dtype.itemsize / 1e6
     reason = spec.unavailable_reason(device)
@@ -154,7 +188,8 @@ def measure_or_oom(name, T, args, device, dtype):
         return measure(name, T, args, device, dtype)
     except torch.cuda.OutOfMemoryError:
         return {"mechanism": name, "T": T, "B": max(1, args.tokens // T), "H": args.heads,
-                "D": args.head_dim, "dtype": args.dtype, "status": "oom"}
+                "D": args.head_dim, "dtype": args.dtype, "status": "oom",
+                "params": " ".join(f"{k}={v}" for k, v in getattr(args, "overrides", {}).get(name, {}).items())}
     finally:
         gc.collect()
         if device.type == "cuda":

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import attention_kernels  # noqa: E402
@@ -51,3 +52,18 @@ def test_flex_mask_loads_two_int32_loads_mask_what_the_five_did():
     lines = flex_mask_loads.main(["--device", "cpu", "--tokens", "256", "--T", "128", "--repeats", "1"])
     assert len(lines) == 5 and all("sparsity" in line for line in lines[1:4])
     assert lines[-1] == "max |two loads - five loads| over query slots: 0"
+
+
+def test_kernel_benchmark_takes_registry_parameters_and_refuses_bad_ones(tmp_path, capsys):
+    attention_kernels.main(["--device", "cpu", "--dtype", "fp32", "--seq-lens", "64", "--tokens", "128",
+                            "--repeats", "1", "--warmup", "1", "--mechanisms", "lsh,linear",
+                            "--params", "lsh.bucket_size=16,lsh.impl=flex", "--out", str(tmp_path)])
+    rows = pd.read_csv(tmp_path / "attention_kernels.csv", keep_default_na=False)
+    assert list(rows.params) == ["bucket_size=16 impl=flex", ""] and set(rows.status) == {"ok"}
+    assert rows.kernel[0] == "pytorch (sort + chunked matmuls)"  # impl=flex runs on CUDA only
+    for bad, says in [("lsh.window=3", "lsh has no parameter 'window'"), ("lsh.bucket_size=big", "bucket_size takes int values"),
+                      ("lsh", "is not NAME.KEY=VALUE"), ("nope.x=1", "'nope' is not an attention"),
+                      ("linear.chunk_size=8", "linear not in --mechanisms")]:
+        with pytest.raises(SystemExit):
+            attention_kernels.parse_args(["--mechanisms", "lsh", "--params", bad])
+        assert says in capsys.readouterr().err
