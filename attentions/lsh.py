@@ -205,6 +205,11 @@ def _take(x, slot):
     return _TakeSlots.apply(x, slot.unsqueeze(-1).expand(*slot.shape, x.shape[-1]))
 
 
+def key_buckets(a: Assignment):
+    """(B, H, R, S) the bucket of each slot's real key, -2 (no bucket) for every other slot."""
+    return torch.where(a.slot_isk, a.slot_bucket, -2)
+
+
 def chunk_attention(query, key, value, a, c, scaling):
     """One softmax per chunk over [previous chunk, own chunk, own key], as batched matmuls
     -> out (B, H, R, T, D) fp32 and lse (B, H, R, T) per query and round.
@@ -221,7 +226,7 @@ def chunk_attention(query, key, value, a, c, scaling):
     kf, vf = (_place_flat(x, a.k_slot, S, lead=c) for x in (key, value))            # (c + BHRS, D)
     k_own, k_prev = kf[c:].view(-1, c, D), kf[:-c].view(-1, c, D)                   # (BHRN, c, D)
     v_own, v_prev = vf[c:].view(-1, c, D), vf[:-c].view(-1, c, D)
-    kb = torch.where(a.slot_isk, a.slot_bucket, -2)           # a key's bucket; -2 matches no query
+    kb = key_buckets(a)
     kb = torch.cat([kb.new_full((B, H, R, c), -2), kb], dim=-1)                      # per row
     kb_own, kb_prev = kb[..., c:].view(B, H, R, N, 1, c), kb[..., :S].view(B, H, R, N, 1, c)
     qb = a.slot_bucket.view(B, H, R, N, c, 1)
@@ -299,11 +304,10 @@ def flex_chunk_attention(query, key, value, a, c, scaling, flex=None):
     ks, vs = (heads(_place(x, a.k_slot, S)) for x in (key, value))
     num, idx = band_blocks(S, c, str(query.device))
     mask = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=FLEX_BLOCK, seq_lengths=(S, S),
-                                    mask_mod=slot_mask(heads(torch.where(a.slot_isk, a.slot_bucket, -2).int()),
-                                                       heads(a.slot_bucket.int()), c))
+                                    mask_mod=slot_mask(heads(key_buckets(a).int()), heads(a.slot_bucket.int()), c))
     out, lse = _flex_lse(flex or compiled_flex(), qs, ks, vs, mask, scaling)
     pick = a.q_slot                                                                 # (B, H, R, T)
-    out = out.view(B, H, R, S, D).gather(3, pick.unsqueeze(-1).expand(*pick.shape, D)).float()
+    out = _take(out.view(B, H, R, S, D), pick).float()
     lse = lse.view(B, H, R, S).float().gather(-1, pick)
     own = ((query * key).sum(-1).float() * scaling).unsqueeze(2)                   # (B, H, 1, T)
     total = torch.logaddexp(lse, own)

@@ -76,7 +76,7 @@ def main(argv=None):
     num, idx = lsh.band_blocks(S, c, str(device))
     mods = {
         "five loads": five_loads(heads(a.slot_pos), heads(a.slot_isk), heads(a.slot_bucket), c),
-        "two loads": lsh.slot_mask(heads(torch.where(a.slot_isk, a.slot_bucket, -2).int()),
+        "two loads": lsh.slot_mask(heads(lsh.key_buckets(a).int()),
                                    heads(a.slot_bucket.int()), c),
         "band only": band_only(c),
     }
