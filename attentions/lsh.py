@@ -97,8 +97,6 @@ class Assignment(NamedTuple):
     hk: torch.Tensor          # (B, H, R, T) bucket of each key
     q_slot: torch.Tensor      # (B, H, R, T) slot of each query in the chunked layout
     k_slot: torch.Tensor      # (B, H, R, T) slot of each key
-    slot_pos: torch.Tensor    # (B, H, R, S) original position of the item in each slot
-    slot_isq: torch.Tensor    # (B, H, R, S) slot holds a query
     slot_isk: torch.Tensor    # (B, H, R, S) slot holds a real (unpadded) key
     slot_bucket: torch.Tensor  # (B, H, R, S) bucket of the slot's item, -1 if empty
 
@@ -124,8 +122,6 @@ def slots(hq, hk, key_real, c, nb, flex=False):
     q_slot, k_slot = item_slot[..., :T], item_slot[..., T:]
     return Assignment(
         hq, hk, q_slot, k_slot,
-        torch.zeros(shape, dtype=torch.long, device=hq.device).scatter_(-1, item_slot, item_pos),
-        torch.zeros(shape, dtype=torch.bool, device=hq.device).scatter_(-1, q_slot, True),
         torch.zeros(shape, dtype=torch.bool, device=hq.device).scatter_(-1, k_slot, key_real.expand_as(hk)),
         torch.full(shape, -1, dtype=torch.long, device=hq.device).scatter_(-1, item_slot, bucket))
 
@@ -220,7 +216,7 @@ def chunk_attention(query, key, value, a, c, scaling):
     last chunk (or the empty one): masked, as every slot that is not a real key of the query's
     bucket is. Within a bucket the slots are in (position, query before key) order, so "earlier
     in position" is "earlier slot": all of the previous chunk, a lower triangle of the own one."""
-    B, H, R, S = a.slot_pos.shape
+    B, H, R, S = a.slot_bucket.shape
     N, D = S // c, query.shape[-1]
     qs = _place(query, a.q_slot, S).view(B * H * R * N, c, D)                        # (BHRN, c, D)
     kf, vf = (_place_flat(x, a.k_slot, S, lead=c) for x in (key, value))            # (c + BHRS, D)
@@ -278,6 +274,26 @@ def slot_mask(key_bucket, bucket, c):
     return mask_mod
 
 
+def flex_layout(query, key, value, a):
+    """q, k, v (B, H, T, D) -> each (B, H*R, S, D): placed in the slot layout, rounds as heads."""
+    S = a.slot_bucket.shape[-1]
+    if S % FLEX_BLOCK:
+        raise ValueError(f"lsh flex path: {S} slots is not a multiple of {FLEX_BLOCK}; assign(..., flex=True)")
+    return (_place(query, a.q_slot, S).flatten(1, 2),
+            *(_place(x, a.k_slot, S).flatten(1, 2) for x in (key, value)))
+
+
+def flex_block_mask(a, c, mask_mod=None):
+    """The BlockMask of the slot layout: the fixed band of blocks, and mask_mod (default
+    slot_mask of the assignment) inside it."""
+    from torch.nn.attention.flex_attention import BlockMask
+    S = a.slot_bucket.shape[-1]
+    num, idx = band_blocks(S, c, str(a.slot_bucket.device))
+    if mask_mod is None:
+        mask_mod = slot_mask(key_buckets(a).int().flatten(1, 2), a.slot_bucket.int().flatten(1, 2), c)
+    return BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=FLEX_BLOCK, seq_lengths=(S, S), mask_mod=mask_mod)
+
+
 def _flex_lse(flex, q, k, v, block_mask, scale):
     """flex_attention's output and its (differentiable, natural-log) log-sum-exp."""
     try:
@@ -292,20 +308,10 @@ def flex_chunk_attention(query, key, value, a, c, scaling, flex=None):
     """chunk_attention as one FlexAttention call over the slot layout, rounds as heads: the same
     keys per query, no (slots x 2c) scores in memory. Rows without keys (lse -inf) get only
     their own key. flex: the flex_attention to call (default compiled; tests pass eager)."""
-    from torch.nn.attention.flex_attention import BlockMask
-    B, H, R, S = a.slot_pos.shape
+    B, H, R, S = a.slot_bucket.shape
     D = query.shape[-1]
-    if S % FLEX_BLOCK:
-        raise ValueError(f"lsh flex path: {S} slots is not a multiple of {FLEX_BLOCK}; assign(..., flex=True)")
-
-    def heads(t):  # (B, H, R, S, ...) -> (B, H * R, S, ...)
-        return t.reshape(B, H * R, *t.shape[3:])
-    qs = heads(_place(query, a.q_slot, S))
-    ks, vs = (heads(_place(x, a.k_slot, S)) for x in (key, value))
-    num, idx = band_blocks(S, c, str(query.device))
-    mask = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=FLEX_BLOCK, seq_lengths=(S, S),
-                                    mask_mod=slot_mask(heads(key_buckets(a).int()), heads(a.slot_bucket.int()), c))
-    out, lse = _flex_lse(flex or compiled_flex(), qs, ks, vs, mask, scaling)
+    qs, ks, vs = flex_layout(query, key, value, a)
+    out, lse = _flex_lse(flex or compiled_flex(), qs, ks, vs, flex_block_mask(a, c), scaling)
     pick = a.q_slot                                                                 # (B, H, R, T)
     out = _take(out.view(B, H, R, S, D), pick).float()
     lse = lse.view(B, H, R, S).float().gather(-1, pick)

@@ -125,15 +125,18 @@ def median_time(fn, device, repeats):
     return statistics.median(times)
 
 
+def base_row(name, T, args):
+    """What every row of mechanism `name` at length T says, measured or not."""
+    return {"mechanism": name, "T": T, "B": max(1, args.tokens // T), "H": args.heads, "D": args.head_dim,
+            "dtype": args.dtype, "params": " ".join(f"{k}={v}" for k, v in args.overrides.get(name, {}).items())}
+
+
 def measure(name, T, args, device, dtype):
     """One row: times, TFLOP/s and peak memory of mechanism `name` at length T."""
     spec = attentions.get(name)
-    changed = getattr(args, "overrides", {}).get(name, {})
-    params, H, D = {**spec.params, **changed}, args.heads, args.head_dim
-    B = max(1, args.tokens // T)
-    row = {"mechanism": name, "T": T, "B": B, "H": H, "D": D, "dtype": args.dtype,
-           "params": " ".join(f"{k}={v}" for k, v in changed.items()),
-           "kernel": spec.kernel(device, params, dtype=dtype, shape=(B, H, T, D))}
+    row = base_row(name, T, args)
+    params, B, H, D = {**spec.params, **args.overrides.get(name, {})}, row["B"], row["H"], row["D"]
+    row["kernel"] = spec.kernel(device, params, dtype=dtype, shape=(B, H, T, D))
     row["kv_mb"] = 2 * B * int(params.get("kv_heads", H)) * T * D * dtype.itemsize / 1e6
     reason = spec.unavailable_reason(device)
     if reason:
@@ -187,9 +190,7 @@ def measure_or_oom(name, T, args, device, dtype):
     try:
         return measure(name, T, args, device, dtype)
     except torch.cuda.OutOfMemoryError:
-        return {"mechanism": name, "T": T, "B": max(1, args.tokens // T), "H": args.heads,
-                "D": args.head_dim, "dtype": args.dtype, "status": "oom",
-                "params": " ".join(f"{k}={v}" for k, v in getattr(args, "overrides", {}).get(name, {}).items())}
+        return {**base_row(name, T, args), "status": "oom"}
     finally:
         gc.collect()
         if device.type == "cuda":

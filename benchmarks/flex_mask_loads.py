@@ -30,6 +30,8 @@ import torch  # noqa: E402
 
 from attention_kernels import median_time  # noqa: E402  (benchmarks/, this script's folder)
 from attentions import lsh  # noqa: E402
+from attentions.common import compiled_flex  # noqa: E402
+from profile_lsh import add_size_args  # noqa: E402
 
 
 def five_loads(pos, is_key, bucket, c):
@@ -47,44 +49,37 @@ def band_only(c):
     return mask_mod
 
 
-def layout(B, H, T, D, device, dtype):
-    """q, k, v scattered into lsh's slot layout (rounds as heads), and the assignment."""
-    q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(3))
-    a = lsh.assign(q, k, None, lsh.PARAMS, 0, flex=True)
-    B, H, R, S = a.slot_pos.shape
-
-    def heads(t):
-        return t.reshape(B, H * R, *t.shape[3:])
-    qs = heads(lsh._place(q, a.q_slot, S))
-    ks, vs = (heads(lsh._place(x, a.k_slot, S)) for x in (k, v))
-    return qs, ks, vs, a, heads
+def slot_positions(a):
+    """(B, H, R, S) the original position of each slot's item (0 where empty): what the five-load
+    mask read, and lsh.Assignment no longer carries."""
+    pos = torch.arange(a.q_slot.shape[-1], device=a.q_slot.device).expand_as(a.q_slot)
+    return torch.zeros_like(a.slot_bucket).scatter(-1, a.q_slot, pos).scatter(-1, a.k_slot, pos)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--T", type=int, default=2048)
-    ap.add_argument("--tokens", type=int, default=131072, help="B * T")
-    ap.add_argument("--repeats", type=int, default=5)
+    add_size_args(ap)
     args = ap.parse_args(argv)
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     B, H, D, c = max(1, args.tokens // args.T), 12, 64, int(lsh.PARAMS["bucket_size"])
-    qs, ks, vs, a, heads = layout(B, H, args.T, D, device, torch.bfloat16 if cuda else torch.float32)
-    S = qs.shape[2]
-    num, idx = lsh.band_blocks(S, c, str(device))
+    q, k, v = (torch.randn(B, H, args.T, D, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
+               for _ in range(3))
+    a = lsh.assign(q, k, None, lsh.PARAMS, 0, flex=True)
+    qs, ks, vs = lsh.flex_layout(q, k, v, a)
     mods = {
-        "five loads": five_loads(heads(a.slot_pos), heads(a.slot_isk), heads(a.slot_bucket), c),
-        "two loads": lsh.slot_mask(heads(lsh.key_buckets(a).int()),
-                                   heads(a.slot_bucket.int()), c),
+        "five loads": five_loads(slot_positions(a).flatten(1, 2), a.slot_isk.flatten(1, 2),
+                                 a.slot_bucket.flatten(1, 2), c),
+        "two loads": None,  # lsh.flex_block_mask's default: lsh.slot_mask
         "band only": band_only(c),
     }
-    flex = torch.compile(flex_attention, dynamic=False) if cuda else flex_attention
-    isq = heads(a.slot_isq)[..., None]
+    flex = compiled_flex() if cuda else flex_attention
+    is_query = torch.zeros_like(a.slot_isk).scatter(-1, a.q_slot, True).flatten(1, 2)[..., None]
+    S = qs.shape[2]
     lines, outs = [f"B={B} H*R={qs.shape[1]} S={S} slots, D={D}, {qs.dtype}, {device}: flex alone, median of {args.repeats}"], {}
     for name, mod in mods.items():
-        mask = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=lsh.FLEX_BLOCK, seq_lengths=(S, S), mask_mod=mod)
+        mask = lsh.flex_block_mask(a, c, mod)
         x = [t.detach().requires_grad_(cuda) for t in (qs, ks, vs)]
 
         def fwd():
@@ -92,16 +87,18 @@ def main(argv=None):
         with torch.no_grad():
             outs[name] = fwd()
         line = f"{name:>10}: sparsity {mask.sparsity():.1f}%, fwd {1e3 * median_time(fwd, device, args.repeats):.2f} ms"
-        if cuda:  # flex has no backward on CPU
+        if cuda:
             grad = torch.randn_like(outs[name])
 
             def both():
                 torch.autograd.grad(fwd(), x, grad)
             both()
             line += f", fwd+bwd {1e3 * median_time(both, device, args.repeats):.2f} ms"
+        else:
+            line += ", fwd+bwd n/a (flex has no backward on CPU)"
         lines.append(line)
         print(line, flush=True)
-    diff = ((outs["two loads"].float() - outs["five loads"].float()).abs() * isq).max().item()
+    diff = ((outs["two loads"].float() - outs["five loads"].float()).abs() * is_query).max().item()
     lines.append(f"max |two loads - five loads| over query slots: {diff:.3g}")
     print(lines[-1])
     return lines

@@ -26,15 +26,20 @@ from attentions import lsh  # noqa: E402
 from attentions.common import StubAttention  # noqa: E402
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_size_args(ap):
+    """--device, --T, --tokens and --repeats: the size of an lsh measurement (flex_mask_loads.py too)."""
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--T", type=int, default=2048)
     ap.add_argument("--tokens", type=int, default=131072, help="B * T")
+    ap.add_argument("--repeats", type=int, default=5)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_size_args(ap)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--impls", default="matmul,flex")
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--rows", type=int, default=20, help="ops listed per implementation")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile the call, as the harness compiles the model (default: on CUDA)")

@@ -215,10 +215,10 @@ def test_lsh_default_layout_keeps_chunk_padding_and_flex_refuses_it():
     q, k, v, _ = common.self_check_inputs(B=1, H=1, T=300, D=16)
     params = {**lsh.PARAMS, "bucket_size": 48}
     a = lsh.assign(q, k, None, params, 0)
-    assert a.slot_pos.shape[-1] == lsh.n_slots(300, 48, 8) == 1008
+    assert a.slot_bucket.shape[-1] == lsh.n_slots(300, 48, 8) == 1008
     with pytest.raises(ValueError, match="flex=True"):
         lsh.flex_chunk_attention(q, k, v, a, 48, 0.25)
-    assert lsh.assign(q, k, None, params, 0, flex=True).slot_pos.shape[-1] == 1152  # lcm(48, 128) = 384
+    assert lsh.assign(q, k, None, params, 0, flex=True).slot_bucket.shape[-1] == 1152  # lcm(48, 128) = 384
 
 
 @pytest.mark.parametrize("c", [4, 48, 64, 128, 200])
