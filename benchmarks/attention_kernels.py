@@ -279,7 +279,8 @@ def main(argv=None):
     plot(rows, os.path.join(args.out, "attention_kernels.png"))
     print("\nfwd+bwd time ratios (< 1: the first is faster):")
     print("\n".join(ratios(rows)))
-    print("\nkernels: " + "; ".join(f"{r['mechanism']}={r.get('kernel')}" for r in rows if r["T"] == Ts[-1]))
+    kernels = {r["mechanism"]: r["kernel"] for r in rows if r.get("kernel")}  # an OOM row names none
+    print("\nkernels: " + "; ".join(f"{name}={kernels.get(name, 'n/a (no size ran)')}" for name in names))
     print(f"wrote {args.out}/attention_kernels.csv and .png in {time.perf_counter() - started:.0f} s")
 
 
