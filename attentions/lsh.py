@@ -17,24 +17,29 @@ through the sort. Chunking per bucket by rank makes the set a query sees depend 
 at or before it. Each bucket is padded to whole chunks in a slot layout of fixed size, so it all
 runs as batched matmuls: memory O(n_hashes * T * bucket_size), linear in T.
 
-Kernels: by default (impl="matmul") the chunked attention runs as batched matmuls per chunk
-(chunk_attention), on every device. The items are SCATTERED into the slot layout (each has one
-slot, so the backward is a gather; gathering from the slots made the backward scatter_add with
-atomics), keys and values into one flat layout whose chunk views need no copies, and each query's
-row is taken back with a gather whose backward is a plain scatter (_TakeSlots). On the H200
-(2026-11-29, 131k tokens, T = 2048, fwd+bwd, compiled) that took lsh from about 90 ms to 23.9 ms;
-baseline takes 23.8 ms. What is left is memory-bound: the c x c score tiles are as large as the
-chunks they come from, and the rows of key slots are computed and thrown away.
+Kernels: impl="auto" (the default) is "flex" on CUDA and "matmul" elsewhere.
 
-impl="flex" runs the chunks on CUDA as ONE FlexAttention call over the slot layout (rounds as
-extra heads): a fixed band of blocks (each query block with the key blocks holding its own and
-the previous chunks) and a mask_mod reading two int32 values per score (slot_mask), the returned
-log-sum-exp (which flex differentiates) combining the rounds. It is exact to the matmul path
-(tests; forward and gradients on the H200 with the mask_mod before this one). It measured SLOWER,
-177 ms fwd+bwd at the size above, because its earlier mask_mod read five int64/bool values per
-score: flex's forward kernel took 155 ms against 14 ms for its backward. With two int32 loads flex
-alone takes 4.3 ms fwd and 14.5 ms fwd+bwd on the same layout (benchmarks/flex_mask_loads.py).
-The whole path has not been timed since, so it stays opt-in.
+impl="flex" runs the chunks on CUDA as ONE FlexAttention call (flex_chunk_attention), rounds as
+extra heads, over COMPACT ROWS (flex_rows): per (batch, head, round) the T queries in the order
+of their slots and the T keys in the order of theirs. Each item carries one int32 code, bucket *
+span + slot, and a query sees exactly the keys whose code lies in [(code // c - 1) * c, code): its
+bucket, its own and the previous chunk, earlier in position (window_mask: one load per query row,
+one per key row). Since both orders are slot order, each block of 128 queries needs one run of
+key blocks (rows_block_mask, about 2.25 of 16 at T = 2048). flex differentiates the returned
+log-sum-exp, which combines the rounds. On the H200 (2026-11-29, 131k tokens, T = 2048, fwd+bwd,
+compiled) it takes 11.5 ms, baseline 23.8 ms; peak memory 4.4 GB at every T.
+
+impl="matmul" runs batched matmuls per chunk over the SLOT layout (chunk_attention), on every
+device: all 2T items at their slots, each bucket padded to whole chunks (S ~ 3T rows). The items
+are SCATTERED into the slot layout (each has one slot, so the backward is a gather; gathering from
+the slots made the backward scatter_add with atomics), keys and values into one flat layout whose
+chunk views need no copies, and each query's row is taken back with a gather whose backward is a
+plain scatter (_TakeSlots). On the H200 at the size above: 23.9 ms, 14.9 GB. It computes every
+slot's row, key slots and padding included, and its c x c score tiles go through memory.
+
+The flex path ran over the slot layout until session 5: 177 ms end to end with a mask reading
+five int64/bool values per score; flex alone there took 14.5 ms with two int32 loads, and takes
+6.2 ms on compact rows (benchmarks/flex_mask_loads.py keeps the slot-layout masks and times all).
 
 Rounds: each round r gives out_r and its log-sum-exp lse_r; out = sum_r softmax_r(lse_r) out_r.
 This is softmax over the union of the rounds' keys where a key found in m rounds weighs m times
@@ -47,14 +52,15 @@ from typing import NamedTuple
 
 import torch
 
-from attentions.common import (built_once, compiled_flex, flex_unavailable, naive_attention, padding_of,
+from attentions.common import (compiled_flex, flex_unavailable, naive_attention, padding_of,
                                params_of, self_check_inputs)
 from attentions.registry import AttentionSpec, register
 from errors import UserError
 
-# n_buckets 0 = ~T/bucket_size; impl: "matmul" (batched matmuls per chunk) or "flex" (CUDA only)
-PARAMS = {"n_hashes": 2, "bucket_size": 64, "n_buckets": 0, "seed": 0, "impl": "matmul"}
-IMPLS = ("matmul", "flex")
+# n_buckets 0 = ~T/bucket_size; impl: "flex" (one FlexAttention call, CUDA only), "matmul" (batched
+# matmuls per chunk, every device) or "auto" (flex where it runs, matmul elsewhere)
+PARAMS = {"n_hashes": 2, "bucket_size": 64, "n_buckets": 0, "seed": 0, "impl": "auto"}
+IMPLS = ("auto", "flex", "matmul")
 
 
 def n_buckets(T, p):
@@ -82,14 +88,13 @@ def hash_buckets(x, rot):
     return torch.cat(parts, dim=-1)
 
 
-FLEX_BLOCK = 128  # FlexAttention's block size: impl=flex needs a slot count that is a multiple of it
+FLEX_BLOCK = 128  # FlexAttention's block size: the flex path's rows are padded to a multiple of it
 
 
-def n_slots(T, c, nb, flex=False):
+def n_slots(T, c, nb):
     """Slots of the chunked layout: a bound on the 2T items with every bucket padded to whole
-    chunks of c, rounded up to a multiple of c (and of FLEX_BLOCK for the flex path)."""
-    step = math.lcm(c, FLEX_BLOCK) if flex else c
-    return -(-(2 * T + nb * (c - 1)) // step) * step
+    chunks of c, rounded up to a multiple of c."""
+    return -(-(2 * T + nb * (c - 1)) // c) * c
 
 
 class Assignment(NamedTuple):
@@ -101,7 +106,7 @@ class Assignment(NamedTuple):
     slot_bucket: torch.Tensor  # (B, H, R, S) bucket of the slot's item, -1 if empty
 
 
-def slots(hq, hk, key_real, c, nb, flex=False):
+def slots(hq, hk, key_real, c, nb):
     """Per-bucket chunked layout of the 2T items; bucket regions padded to whole chunks of c."""
     T = hq.shape[-1]
     pos = torch.arange(T, device=hq.device)
@@ -117,7 +122,7 @@ def slots(hq, hk, key_real, c, nb, flex=False):
     pstart = padded.cumsum(-1) - padded                                   # first slot per bucket
     rank = torch.arange(2 * T, device=hq.device) - start.gather(-1, sorted_bucket)
     item_slot = torch.empty_like(order).scatter_(-1, order, pstart.gather(-1, sorted_bucket) + rank)
-    S = n_slots(T, c, nb, flex)                                           # bound on sum(padded)
+    S = n_slots(T, c, nb)                                           # bound on sum(padded)
     shape = (*bucket.shape[:-1], S)
     q_slot, k_slot = item_slot[..., :T], item_slot[..., T:]
     return Assignment(
@@ -143,9 +148,8 @@ def module_rotations(module, query, p):
     return rot
 
 
-def assign(query, key, padding, p, layer_idx, rot=None, flex=False):
-    """Hash queries and keys and lay them out in chunks. query, key (B, H, T, D). flex: a slot
-    count that flex_chunk_attention can take."""
+def assign(query, key, padding, p, layer_idx, rot=None):
+    """Hash queries and keys and lay them out in chunks. query, key (B, H, T, D)."""
     B, H, T, D = query.shape
     nb = n_buckets(T, p)
     if rot is None:
@@ -154,7 +158,7 @@ def assign(query, key, padding, p, layer_idx, rot=None, flex=False):
     hq, hk = hash_buckets(query.detach(), rot), hash_buckets(key.detach(), rot)
     real = torch.ones(B, T, dtype=torch.bool, device=query.device) if padding is None else padding
     with torch.no_grad():
-        return slots(hq, hk, real[:, None, None, :], int(p["bucket_size"]), nb, flex)
+        return slots(hq, hk, real[:, None, None, :], int(p["bucket_size"]), nb)
 
 
 def _place(x, slot, S):
@@ -246,52 +250,78 @@ def chunk_attention(query, key, value, a, c, scaling):
     return out, (top + total.log()).view(B, H, R, S).gather(-1, pick)
 
 
-@built_once
-def band_blocks(S, c, device):
-    """The fixed block structure of the slot layout, as BlockMask.from_kv_blocks takes it:
-    kv_num_blocks (1, 1, n) and kv_indices (1, 1, n, n) int32, n = S / FLEX_BLOCK. Query block i
-    (slots 128i .. 128i + 127) needs the key blocks from the chunk before its first slot's chunk
-    to the end of its last slot's chunk; mask_mod does the rest."""
-    n = S // FLEX_BLOCK
-    first = torch.arange(n) * FLEX_BLOCK
-    lo = ((first // c - 1).clamp(min=0) * c) // FLEX_BLOCK
-    hi = (((first + FLEX_BLOCK - 1) // c + 1) * c - 1).clamp(max=S - 1) // FLEX_BLOCK
-    idx = (lo[:, None] + torch.arange(n)[None, :]).clamp(max=n - 1)  # only the first num are read
-    return ((hi - lo + 1).int()[None, None].to(device), idx.int()[None, None].to(device))
+class FlexRows(NamedTuple):
+    """lsh's compact FlexAttention layout (rows of L = T rounded up to FLEX_BLOCK per (batch, head,
+    round)): queries in the order of their slots, keys in the order of theirs - no empty, padding
+    or other-kind slots. q_rank/k_rank (B, H, R, T) give each query's/key's row; the rest are
+    (B, H*R, L), rounds as heads."""
+    q_rank: torch.Tensor
+    k_rank: torch.Tensor
+    q_code: torch.Tensor    # int32 bucket * span + slot of each query row (0 on the padding rows)
+    k_code: torch.Tensor    # int32 the same for each real key, UNSEEN for padded keys and padding rows
+    q_first: torch.Tensor   # (B, H*R, L / FLEX_BLOCK) first key row each query block can see
+    q_last: torch.Tensor    # (B, H*R, L / FLEX_BLOCK) last one (< q_first: none)
 
 
-def slot_mask(key_bucket, bucket, c):
-    """mask_mod over the slot layout (int32 tensors (B, H*R, S)): a query slot sees the real keys
-    of its bucket in its own and the previous chunk, in earlier slots - within a bucket the slots
-    are in (position, query before key) order, so an earlier slot is an earlier position.
-    key_bucket: a real key's bucket, -2 elsewhere; bucket: the slot item's bucket, -1 if empty.
-    Rows of key slots are computed and never read. Two int32 loads per score: reading position,
-    key flag and bucket as five int64/bool loads made flex's forward kernel 48x slower on the
-    H200 (157 vs 3.3 ms at 131k tokens, T = 2048; its backward was not slowed)."""
+UNSEEN = -(2 ** 30)  # k_code of keys no query sees: below every query's window
+
+
+def flex_rows(a: Assignment, c):
+    """The compact layout of an assignment. A query at slot s of bucket b sees the real keys of
+    bucket b at slots (s // c - 1) * c .. s - 1. Coding each item as b * span + slot (span >= S + c,
+    a multiple of c) turns that into ONE window of codes, (q_code // c - 1) * c <= k_code < q_code:
+    the bucket check is in it, and the mask reads one int32 per query row and one per key row."""
+    B, H, R, T = a.q_slot.shape
+    S = a.slot_bucket.shape[-1]
+    L = -(-T // FLEX_BLOCK) * FLEX_BLOCK
+    span = (S // c + 1) * c
+    # S >= nb * (c - 1) (n_slots), so codes < nb * span <= (S / (c - 1) + 1) * span: int32 if that fits
+    small = (S // max(c - 1, 1) + 1) * span < 2 ** 31
+    k_real = a.slot_isk.gather(-1, a.k_slot)
+
+    def rows(slot, code, pad_code):
+        """Items in slot order, padded to L rows: each item's row, the rows' slots and codes."""
+        order = slot.argsort(-1)
+        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(T, device=slot.device).expand_as(order))
+        slot = slot.gather(-1, order)
+        tail = (B, H, R, L - T)
+        slot = torch.cat([slot, slot[..., -1:].expand(tail)], -1).flatten(1, 2)  # padding: the last slot
+        code = torch.cat([code.gather(-1, order), code.new_full(tail, pad_code)], -1).flatten(1, 2)
+        return rank, slot, code.int() if small else code
+
+    q_rank, q_slot, q_code = rows(a.q_slot, a.hq * span + a.q_slot, 0)
+    k_rank, _, k_code = rows(a.k_slot, torch.where(k_real, a.hk * span + a.k_slot, UNSEEN), UNSEEN)
+    # per query block: the key rows from its first query's window start to its last query's slot.
+    # keys_before[s] = how many keys sit at slots < s (a cumsum, not searchsorted: inductor could
+    # not lower torch.searchsorted on these views, seen on the H200)
+    keys_before = torch.zeros(B, H, R, S + 1, dtype=torch.int32, device=a.k_slot.device).scatter_(
+        -1, a.k_slot + 1, 1).cumsum(-1, dtype=torch.int32).flatten(1, 2)
+    first = q_slot[..., ::FLEX_BLOCK]
+    last = q_slot[..., FLEX_BLOCK - 1::FLEX_BLOCK]
+    q_first = keys_before.gather(-1, (first // c - 1).clamp(min=0) * c)
+    q_last = keys_before.gather(-1, last) - 1
+    return FlexRows(q_rank, k_rank, q_code, k_code, q_first, q_last)
+
+
+def window_mask(q_code, k_code, c):
+    """mask_mod of the compact layout: the key's code in the query's window (see flex_rows)."""
     def mask_mod(b, h, q_idx, kv_idx):
-        near = (kv_idx < q_idx) & (q_idx // c - kv_idx // c <= 1)
-        return near & (key_bucket[b, h, kv_idx] == bucket[b, h, q_idx])
+        q, k = q_code[b, h, q_idx], k_code[b, h, kv_idx]
+        return (k < q) & (k >= (q // c - 1) * c)
     return mask_mod
 
 
-def flex_layout(query, key, value, a):
-    """q, k, v (B, H, T, D) -> each (B, H*R, S, D): placed in the slot layout, rounds as heads."""
-    S = a.slot_bucket.shape[-1]
-    if S % FLEX_BLOCK:
-        raise ValueError(f"lsh flex path: {S} slots is not a multiple of {FLEX_BLOCK}; assign(..., flex=True)")
-    return (_place(query, a.q_slot, S).flatten(1, 2),
-            *(_place(x, a.k_slot, S).flatten(1, 2) for x in (key, value)))
-
-
-def flex_block_mask(a, c, mask_mod=None):
-    """The BlockMask of the slot layout: the fixed band of blocks, and mask_mod (default
-    slot_mask of the assignment) inside it."""
+def rows_block_mask(r: FlexRows, c):
+    """The BlockMask of the compact layout: query block i visits the key blocks holding key rows
+    q_first[i] .. q_last[i] (contiguous: keys are in slot order), window_mask inside them."""
     from torch.nn.attention.flex_attention import BlockMask
-    S = a.slot_bucket.shape[-1]
-    num, idx = band_blocks(S, c, str(a.slot_bucket.device))
-    if mask_mod is None:
-        mask_mod = slot_mask(key_buckets(a).int().flatten(1, 2), a.slot_bucket.int().flatten(1, 2), c)
-    return BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=FLEX_BLOCK, seq_lengths=(S, S), mask_mod=mask_mod)
+    L = r.q_code.shape[-1]
+    n = L // FLEX_BLOCK
+    lo = (r.q_first // FLEX_BLOCK).clamp(max=n - 1)
+    hi = (torch.maximum(r.q_last, r.q_first) // FLEX_BLOCK).clamp(max=n - 1)
+    idx = (lo.unsqueeze(-1) + torch.arange(n, device=lo.device)).clamp(max=n - 1)
+    return BlockMask.from_kv_blocks((hi - lo + 1).int(), idx.int(), BLOCK_SIZE=FLEX_BLOCK,
+                                    seq_lengths=(L, L), mask_mod=window_mask(r.q_code, r.k_code, c))
 
 
 def _flex_lse(flex, q, k, v, block_mask, scale):
@@ -305,16 +335,20 @@ def _flex_lse(flex, q, k, v, block_mask, scale):
 
 
 def flex_chunk_attention(query, key, value, a, c, scaling, flex=None):
-    """chunk_attention as one FlexAttention call over the slot layout, rounds as heads: the same
-    keys per query, no (slots x 2c) scores in memory. Rows without keys (lse -inf) get only
-    their own key. flex: the flex_attention to call (default compiled; tests pass eager)."""
-    B, H, R, S = a.slot_bucket.shape
+    """chunk_attention as one FlexAttention call over the compact layout (flex_rows), rounds as
+    heads: the same keys per query, no scores in memory, and only the T query rows and T key rows
+    of each round. Rows without keys (lse -inf) get only their own key. flex: the flex_attention
+    to call (default compiled; tests pass eager)."""
+    B, H, R, T = a.q_slot.shape
     D = query.shape[-1]
-    qs, ks, vs = flex_layout(query, key, value, a)
-    out, lse = _flex_lse(flex or compiled_flex(), qs, ks, vs, flex_block_mask(a, c), scaling)
-    pick = a.q_slot                                                                 # (B, H, R, T)
-    out = _take(out.view(B, H, R, S, D), pick).float()
-    lse = lse.view(B, H, R, S).float().gather(-1, pick)
+    with torch.no_grad():
+        r = flex_rows(a, c)
+    L = r.q_code.shape[-1]
+    qc = _place(query, r.q_rank, L).flatten(1, 2)                                 # (B, H*R, L, D)
+    kc, vc = (_place(x, r.k_rank, L).flatten(1, 2) for x in (key, value))
+    out, lse = _flex_lse(flex or compiled_flex(), qc, kc, vc, rows_block_mask(r, c), scaling)
+    out = _take(out.view(B, H, R, L, D), r.q_rank).float()                        # (B, H, R, T, D)
+    lse = lse.view(B, H, R, L).float().gather(-1, r.q_rank)
     own = ((query * key).sum(-1).float() * scaling).unsqueeze(2)                   # (B, H, 1, T)
     total = torch.logaddexp(lse, own)
     out = (lse - total).exp().unsqueeze(-1) * out + (own - total).exp().unsqueeze(-1) * value.float().unsqueeze(2)
@@ -322,10 +356,12 @@ def flex_chunk_attention(query, key, value, a, c, scaling, flex=None):
 
 
 def uses_flex(device, params) -> bool:
-    """impl="flex" on CUDA (compiled, with a backward); the batched-matmul path otherwise (flex
-    has no CPU backward)."""
+    """impl "flex" or "auto" on CUDA (compiled, with a backward); the batched-matmul path otherwise
+    (flex has no CPU backward). While torch.compile traces, triton is there (inductor's CUDA code
+    is triton): the check is skipped, since dynamo cannot trace it (a graph break per layer)."""
     device = torch.device(device)
-    return params.get("impl") == "flex" and device.type == "cuda" and flex_unavailable(device) is None
+    return (params.get("impl") in ("auto", "flex") and device.type == "cuda"
+            and (torch.compiler.is_compiling() or flex_unavailable(device) is None))
 
 
 def check_params(model, params, init):
@@ -339,7 +375,7 @@ def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0
     p = params_of(module, PARAMS)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     flex = uses_flex(query.device, p)
-    a = assign(query, key, padding_of(attention_mask), p, None, module_rotations(module, query, p), flex)
+    a = assign(query, key, padding_of(attention_mask), p, None, module_rotations(module, query, p))
     chunked = flex_chunk_attention if flex else chunk_attention
     out, lse = chunked(query, key, value, a, int(p["bucket_size"]), scaling)
     weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, H, R, T, 1) combine the rounds
@@ -377,11 +413,12 @@ def reference(module, query, key, value, padding=None, scaling=None):
 
 
 def flops(B, H, T, D, params):
-    """Per round: hashing q and k (T x D x nb/2 each), and every slot of the chunked layout
-    against 2c + 1 keys (chunk, previous chunk, own key), QK^T and PV."""
+    """Per round: hashing q and k (T x D x nb/2 each), and each of the T queries against its 2c + 1
+    candidate keys (previous chunk, own chunk, own key), QK^T and PV: the algorithm's count, the
+    same for both paths. (The matmul path computes every slot's row, about 3T of them; the flex
+    path the query rows, in 128 x 128 tiles.)"""
     c, R, nb = int(params["bucket_size"]), int(params["n_hashes"]), n_buckets(T, params)
-    S = n_slots(T, c, nb)
-    return B * H * R * (2 * 2 * S * (2 * c + 1) * D + 2 * T * D * nb)
+    return B * H * R * (2 * 2 * T * (2 * c + 1) * D + 2 * T * D * nb)
 
 
 SPEC = register(AttentionSpec(
@@ -392,7 +429,7 @@ SPEC = register(AttentionSpec(
     flops=flops,
     params=PARAMS,
     kernel=lambda device, params, dtype=None, shape=None: (
-        "flex_attention (lsh slot layout, torch.compile, triton)" if uses_flex(device, params)
+        "flex_attention (lsh compact rows, torch.compile, triton)" if uses_flex(device, params)
         else "pytorch (sort + chunked matmuls)"),
     prepare_model=check_params,
     paper="Kitaev et al. 2020, Reformer: The Efficient Transformer",

@@ -1,16 +1,21 @@
-"""FlexAttention alone on lsh's slot layout: what the mask_mod's data-dependent loads cost.
+"""FlexAttention alone on lsh's layouts: what the mask_mod's loads and the layout cost.
 
 lsh's flex path (impl=flex) measured 177 ms fwd+bwd on the H200 at 131072 tokens, T = 2048, of
-which 155 ms in flex's forward kernel and 14 ms in its backward kernel. This times the same flex
-call (same q, k, v in the slot layout, same band of blocks, so the same sparsity) with three
-mask_mods:
+which 155 ms in flex's forward kernel and 14 ms in its backward kernel. It then ran over the SLOT
+layout: every (batch, head, round) row held all 2T items at their slots, queries and keys
+interleaved and each bucket padded to whole chunks (S ~ 3T rows), with a fixed band of blocks.
+This times the same flex call (same q, k, v) with:
 
-  five loads  - the mask_mod lsh had until session 4: position, key flag and bucket per slot,
-                int64/bool tensors, five loads per score;
-  two loads   - attentions.lsh.slot_mask now: a real key's bucket and the slot's bucket, int32,
-                "earlier position" read as "earlier slot" (the slots of a bucket are in position
-                order);
-  band only   - no data-dependent load (a wrong mask for lsh: the floor of what a mask costs).
+  five loads   - slot layout, the mask_mod lsh had until session 4: position, key flag and bucket
+                 per slot, int64/bool tensors, five loads per score;
+  two loads    - slot layout, the mask_mod of session 4: a real key's bucket and the slot's bucket,
+                 int32, "earlier position" read as "earlier slot" (a bucket's slots are in
+                 position order);
+  band only    - slot layout, no data-dependent load (a wrong mask for lsh: the floor of what a
+                 mask costs there);
+  compact rows - what lsh's flex path runs now (lsh.flex_rows / rows_block_mask): T query rows
+                 and T key rows per round, each in slot order, one int32 code per row (bucket *
+                 span + slot), a block list per query block.
 
 On the H200 (2026-11-29, torch 2.11): five loads 157 ms fwd / 172 ms fwd+bwd, two loads 4.3 /
 14.5 ms, band only 3.3 / 13.0 ms (results/reference/h200/flex_mask_loads.txt).
@@ -21,6 +26,7 @@ On the H200 (2026-11-29, torch 2.11): five loads 157 ms fwd / 172 ms fwd+bwd, tw
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -33,9 +39,43 @@ from attentions import lsh  # noqa: E402
 from attentions.common import compiled_flex  # noqa: E402
 from profile_lsh import add_size_args  # noqa: E402
 
+BLOCK = lsh.FLEX_BLOCK
+
+
+# ---- the slot layout lsh's flex path ran over in session 4 (lsh.py until session 5) ----------
+
+def slot_layout(a, c):
+    """The assignment with its slot count padded to a multiple of lcm(c, 128) (empty slots)."""
+    S = a.slot_bucket.shape[-1]
+    step = math.lcm(c, BLOCK)
+    extra = -(-S // step) * step - S
+    pad = (*a.slot_bucket.shape[:-1], extra)
+    return a._replace(slot_isk=torch.cat([a.slot_isk, a.slot_isk.new_zeros(pad)], -1),
+                      slot_bucket=torch.cat([a.slot_bucket, a.slot_bucket.new_full(pad, -1)], -1))
+
+
+def band_blocks(S, c, device):
+    """kv_num_blocks (1, 1, n), kv_indices (1, 1, n, n): query block i (slots 128i .. 128i + 127)
+    visits the key blocks from the chunk before its first slot's chunk to its last slot's chunk."""
+    n = S // BLOCK
+    first = torch.arange(n) * BLOCK
+    lo = ((first // c - 1).clamp(min=0) * c) // BLOCK
+    hi = (((first + BLOCK - 1) // c + 1) * c - 1).clamp(max=S - 1) // BLOCK
+    idx = (lo[:, None] + torch.arange(n)[None, :]).clamp(max=n - 1)
+    return (hi - lo + 1).int()[None, None].to(device), idx.int()[None, None].to(device)
+
+
+def two_loads(key_bucket, bucket, c):
+    """The session-4 mask_mod (int32 (B, H*R, S)): key_bucket a real key's bucket, -2 elsewhere;
+    bucket the slot item's bucket, -1 if empty."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        near = (kv_idx < q_idx) & (q_idx // c - kv_idx // c <= 1)
+        return near & (key_bucket[b, h, kv_idx] == bucket[b, h, q_idx])
+    return mask_mod
+
 
 def five_loads(pos, is_key, bucket, c):
-    """lsh.slot_mask before session 4 (tensors (B, H*R, S) int64 / bool)."""
+    """The mask_mod before session 4 (tensors (B, H*R, S) int64 / bool)."""
     def mask_mod(b, h, q_idx, kv_idx):
         near = (kv_idx <= q_idx) & (q_idx // c - kv_idx // c <= 1)
         same = bucket[b, h, kv_idx] == bucket[b, h, q_idx]
@@ -51,44 +91,58 @@ def band_only(c):
 
 def slot_positions(a):
     """(B, H, R, S) the original position of each slot's item (0 where empty): what the five-load
-    mask read, and lsh.Assignment no longer carries."""
+    mask read, and lsh.Assignment does not carry."""
     pos = torch.arange(a.q_slot.shape[-1], device=a.q_slot.device).expand_as(a.q_slot)
     return torch.zeros_like(a.slot_bucket).scatter(-1, a.q_slot, pos).scatter(-1, a.k_slot, pos)
+
+
+def at_queries(out, slot):
+    """(B, H*R, rows, D) flex output -> (B, H*R, T, D): each query's row (slot or rank index)."""
+    index = slot.flatten(1, 2).unsqueeze(-1).expand(-1, -1, -1, out.shape[-1])
+    return out.float().gather(2, index)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_size_args(ap)
     args = ap.parse_args(argv)
-    from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     B, H, D, c = max(1, args.tokens // args.T), 12, 64, int(lsh.PARAMS["bucket_size"])
     q, k, v = (torch.randn(B, H, args.T, D, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
                for _ in range(3))
-    a = lsh.assign(q, k, None, lsh.PARAMS, 0, flex=True)
-    qs, ks, vs = lsh.flex_layout(q, k, v, a)
-    mods = {
-        "five loads": five_loads(slot_positions(a).flatten(1, 2), a.slot_isk.flatten(1, 2),
-                                 a.slot_bucket.flatten(1, 2), c),
-        "two loads": None,  # lsh.flex_block_mask's default: lsh.slot_mask
-        "band only": band_only(c),
+    a = slot_layout(lsh.assign(q, k, None, lsh.PARAMS, 0), c)
+    S = a.slot_bucket.shape[-1]
+    on_slots = (lsh._place(q, a.q_slot, S).flatten(1, 2), *(lsh._place(x, a.k_slot, S).flatten(1, 2) for x in (k, v)))
+    num, idx = band_blocks(S, c, device)
+
+    def band(mask_mod):
+        return BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=BLOCK, seq_lengths=(S, S), mask_mod=mask_mod)
+    rows = lsh.flex_rows(a, c)
+    L = rows.q_code.shape[-1]
+    compact = (lsh._place(q, rows.q_rank, L).flatten(1, 2), *(lsh._place(x, rows.k_rank, L).flatten(1, 2) for x in (k, v)))
+    cases = {  # name: (q, k, v, block mask, rows that are queries)
+        "five loads": (*on_slots, band(five_loads(slot_positions(a).flatten(1, 2), a.slot_isk.flatten(1, 2),
+                                                  a.slot_bucket.flatten(1, 2), c)), a.q_slot),
+        "two loads": (*on_slots, band(two_loads(lsh.key_buckets(a).int().flatten(1, 2),
+                                                a.slot_bucket.int().flatten(1, 2), c)), a.q_slot),
+        "band only": (*on_slots, band(band_only(c)), a.q_slot),
+        "compact rows": (*compact, lsh.rows_block_mask(rows, c), rows.q_rank),
     }
     flex = compiled_flex() if cuda else flex_attention
-    is_query = torch.zeros_like(a.slot_isk).scatter(-1, a.q_slot, True).flatten(1, 2)[..., None]
-    S = qs.shape[2]
-    lines, outs = [f"B={B} H*R={qs.shape[1]} S={S} slots, D={D}, {qs.dtype}, {device}: flex alone, median of {args.repeats}"], {}
-    for name, mod in mods.items():
-        mask = lsh.flex_block_mask(a, c, mod)
-        x = [t.detach().requires_grad_(cuda) for t in (qs, ks, vs)]
+    lines, outs = [f"B={B} H*R={on_slots[0].shape[1]} T={args.T}, D={D}, {q.dtype}, {device}: flex alone, "
+                   f"median of {args.repeats}; slot layout {S} rows, compact {L} rows"], {}
+    for name, (*qkv, mask, queries) in cases.items():
+        x = [t.detach().requires_grad_(cuda) for t in qkv]
 
         def fwd():
             return flex(*x, block_mask=mask)
         with torch.no_grad():
-            outs[name] = fwd()
-        line = f"{name:>10}: sparsity {mask.sparsity():.1f}%, fwd {1e3 * median_time(fwd, device, args.repeats):.2f} ms"
+            outs[name] = at_queries(fwd(), queries)
+        line = f"{name:>12}: sparsity {mask.sparsity():.1f}%, fwd {1e3 * median_time(fwd, device, args.repeats):.2f} ms"
         if cuda:
-            grad = torch.randn_like(outs[name])
+            grad = torch.randn_like(x[0])
 
             def both():
                 torch.autograd.grad(fwd(), x, grad)
@@ -98,9 +152,10 @@ def main(argv=None):
             line += ", fwd+bwd n/a (flex has no backward on CPU)"
         lines.append(line)
         print(line, flush=True)
-    diff = ((outs["two loads"].float() - outs["five loads"].float()).abs() * is_query).max().item()
-    lines.append(f"max |two loads - five loads| over query slots: {diff:.3g}")
-    print(lines[-1])
+    for other in ("five loads", "compact rows"):
+        diff = (outs[other] - outs["two loads"]).abs().max().item()
+        lines.append(f"max |{other} - two loads| over the queries: {diff:.3g}")
+        print(lines[-1])
     return lines
 
 

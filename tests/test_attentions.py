@@ -190,13 +190,14 @@ def test_lsh_bucket_assignment_never_depends_on_the_future():
     assert torch.allclose(out[:, : t + 1], out2[:, : t + 1], atol=1e-6)
 
 
-@pytest.mark.parametrize("c,n_buckets", [(4, 4), (64, 0), (48, 0)])  # 48: chunks straddle flex blocks
-def test_lsh_flex_layout_gives_the_chunked_matmuls_result(c, n_buckets):
-    """The CUDA path (one flex call over the slot layout) against the CPU path, forward, with
-    eager flex here (no CPU backward; the GPU test below compares gradients)."""
+@pytest.mark.parametrize("c,n_buckets,T", [(4, 4, 300), (64, 0, 300), (48, 0, 300), (64, 0, 256), (16, 40, 700)])
+def test_lsh_flex_layout_gives_the_chunked_matmuls_result(c, n_buckets, T):
+    """The CUDA path (one flex call over the compact rows) against the CPU path, forward, with
+    eager flex here (no CPU backward; the GPU test below compares gradients). T = 300 and 700 pad
+    the rows to whole flex blocks; the inputs have right padding."""
     from torch.nn.attention.flex_attention import flex_attention
-    q, k, v, padding = common.self_check_inputs(B=2, H=3, T=300, D=16)
-    a = lsh.assign(q, k, padding, {**lsh.PARAMS, "bucket_size": c, "n_buckets": n_buckets}, 0, flex=True)
+    q, k, v, padding = common.self_check_inputs(B=2, H=3, T=T, D=16)
+    a = lsh.assign(q, k, padding, {**lsh.PARAMS, "bucket_size": c, "n_buckets": n_buckets}, 0)
     out, lse = lsh.chunk_attention(q, k, v, a, c, 0.25)
     out2, lse2 = lsh.flex_chunk_attention(q, k, v, a, c, 0.25, flex=flex_attention)
     assert _diff(out2, out) < 1e-5 and _diff(lse2, lse) < 1e-5
@@ -207,34 +208,38 @@ def test_lsh_impl_is_checked_at_install_and_flex_is_cuda_only():
         attentions.install(build("sdpa"), "lsh", {"impl": "triton"})
     flex_params = {**lsh.PARAMS, "impl": "flex"}
     assert lsh.SPEC.kernel(torch.device("cpu"), flex_params) == "pytorch (sort + chunked matmuls)"
-    assert not lsh.uses_flex("cpu", flex_params) and not lsh.uses_flex("cuda", lsh.PARAMS)
+    assert not lsh.uses_flex("cpu", flex_params) and not lsh.uses_flex("cpu", lsh.PARAMS)
+    assert not lsh.uses_flex("cuda", {**lsh.PARAMS, "impl": "matmul"})
 
 
-def test_lsh_default_layout_keeps_chunk_padding_and_flex_refuses_it():
-    """The matmul path pads slots to chunks of c only (1008 for c = 48 here); flex needs 128s."""
+def test_lsh_slot_layout_pads_buckets_to_chunks_only():
     q, k, v, _ = common.self_check_inputs(B=1, H=1, T=300, D=16)
-    params = {**lsh.PARAMS, "bucket_size": 48}
-    a = lsh.assign(q, k, None, params, 0)
+    a = lsh.assign(q, k, None, {**lsh.PARAMS, "bucket_size": 48}, 0)
     assert a.slot_bucket.shape[-1] == lsh.n_slots(300, 48, 8) == 1008
-    with pytest.raises(ValueError, match="flex=True"):
-        lsh.flex_chunk_attention(q, k, v, a, 48, 0.25)
-    assert lsh.assign(q, k, None, params, 0, flex=True).slot_bucket.shape[-1] == 1152  # lcm(48, 128) = 384
 
 
-@pytest.mark.parametrize("c", [4, 48, 64, 128, 200])
-def test_lsh_band_blocks_hold_every_own_and_previous_chunk_key(c):
-    """Compiled flex visits only the listed key blocks: each must cover the whole band."""
-    S = lsh.n_slots(700, c, 12, flex=True)
-    num, idx = lsh.band_blocks(S, c, "cpu")
-    n = S // lsh.FLEX_BLOCK
-    listed = torch.zeros(n, n, dtype=torch.bool)
+@pytest.mark.parametrize("T,c,n_buckets", [(1000, 64, 0), (700, 4, 12), (2048, 48, 8)])
+def test_lsh_compact_rows_visit_every_key_block_a_query_needs_and_few_others(T, c, n_buckets):
+    """Compiled flex visits only the key blocks listed per query block (eager flex, as in the test
+    above, computes every score): every pair window_mask allows must be in a listed block, and
+    the list stays about two blocks per query block."""
+    q, k, v, padding = common.self_check_inputs(B=2, H=2, T=T, D=16)
+    a = lsh.assign(q, k, padding, {**lsh.PARAMS, "bucket_size": c, "n_buckets": n_buckets}, 0)
+    r = lsh.flex_rows(a, c)
+    qc, kc = r.q_code.long()[..., :, None], r.k_code.long()[..., None, :]
+    needed = (kc < qc) & (kc >= (qc // c - 1) * c)                          # (B, H*R, L, L)
+    # the rows are each query and each real key once, and the window holds what chunk_attention sees
+    assert int(needed.sum()) == int(lsh.counts(a, c, padding).sum()) - a.hq.numel()  # counts adds the own key per round
+    mask = lsh.rows_block_mask(r, c)
+    n = r.q_code.shape[-1] // lsh.FLEX_BLOCK
+    listed = torch.zeros(*needed.shape[:2], n, n, dtype=torch.bool)
     for i in range(n):
-        listed[i, idx[0, 0, i, : num[0, 0, i]].long()] = True
-    i = torch.arange(S)
-    band = (i[None, :] <= i[:, None]) & (i[:, None] // c - i[None, :] // c <= 1)  # [query, key]
-    blocks = listed.repeat_interleave(lsh.FLEX_BLOCK, 0).repeat_interleave(lsh.FLEX_BLOCK, 1)
-    assert not (band & ~blocks).any()
-    assert int(num.max()) <= 2 * c // lsh.FLEX_BLOCK + 3  # and it stays a band, whatever S
+        for j in range(n):
+            listed[..., i, j] = ((mask.kv_indices[..., i, :] == j)
+                                 & (torch.arange(n) < mask.kv_num_blocks[..., i, None])).any(-1)
+    blocks = listed.repeat_interleave(lsh.FLEX_BLOCK, -2).repeat_interleave(lsh.FLEX_BLOCK, -1)
+    assert needed.any() and not (needed & ~blocks).any()
+    assert mask.kv_num_blocks.float().mean() < 2.5 and int(mask.kv_num_blocks.max()) <= 3
 
 
 # ---- every mechanism: causal, padding-invariant, trainable -----------------------------------
@@ -299,6 +304,7 @@ def test_flop_formulas_count_computed_pairs():
     assert sliding_window.flops(1, 1, 200, 64, {"window": 256}) == short  # window > T: dense
     assert sliding_window.flops(1, 1, 4096, 64, {"window": 256}) < dense / 8
     assert flex_sparse.flops(1, 1, 4096, 64, flex_sparse.PARAMS) < dense / 2
+    assert dense / 8 < lsh.flops(1, 1, 4096, 64, lsh.PARAMS) < dense / 4  # 2 rounds x 129 keys per query, + hashing
     assert attentions.get("baseline").flops(1, 1, 4096, 64, {}) > dense  # eager computes all T^2
 
 
@@ -387,7 +393,7 @@ def test_lsh_compiled_flex_matches_chunked_matmuls_with_gradients_on_cuda():
     torch.manual_seed(0)
     q, k, v, padding = (x.cuda() for x in common.self_check_inputs(B=2, H=4, T=1000, D=64))
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    a = lsh.assign(q, k, padding, lsh.PARAMS, 0, flex=True)
+    a = lsh.assign(q, k, padding, lsh.PARAMS, 0)
     grad = torch.randn(*a.q_slot.shape, 64, device="cuda")
     results = []
     for chunked in (lsh.chunk_attention, lsh.flex_chunk_attention):
@@ -396,7 +402,34 @@ def test_lsh_compiled_flex_matches_chunked_matmuls_with_gradients_on_cuda():
     for x, y in zip(*results):
         assert torch.isfinite(y).all() and _diff(y, x) < 2e-3 * max(1.0, x.abs().max().item())
     assert lsh.SPEC.kernel(torch.device("cuda"), {**lsh.PARAMS, "impl": "flex"}).startswith("flex_attention")
-    assert lsh.SPEC.kernel(torch.device("cuda"), lsh.PARAMS) == "pytorch (sort + chunked matmuls)"
+    assert lsh.SPEC.kernel(torch.device("cuda"), lsh.PARAMS).startswith("flex_attention")  # impl=auto
+    assert lsh.SPEC.kernel(torch.device("cuda"), {**lsh.PARAMS, "impl": "matmul"}) == "pytorch (sort + chunked matmuls)"
+
+
+@needs_cuda
+def test_lsh_flex_path_compiles_whole_in_the_model_and_trains_like_the_matmul_path_on_cuda():
+    """impl=flex inside torch.compile(model, fullgraph=True) (the loss outside: transformers logs a
+    warning in its loss function, a graph break of its own): the layout, block mask and flex call
+    make one graph, with right padding, and the loss and every gradient equal impl=matmul's."""
+    import model as models
+    ids = tokens(length=256).cuda()
+    mask = torch.ones_like(ids)
+    mask[0, 200:] = 0
+    results = []
+    for impl in ("matmul", "flex"):
+        m, _ = models.build("tiny", "lsh", 256, params={"impl": impl})
+        m = m.cuda().train()
+        with torch.no_grad():
+            m(input_ids=ids, attention_mask=mask)  # the eager forward train.py runs before compiling
+        torch._dynamo.reset()
+        logits = torch.compile(m, fullgraph=True)(input_ids=ids, attention_mask=mask).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in m.parameters()]))
+    (loss, grads), (loss2, grads2) = results
+    assert torch.isfinite(loss2) and abs(loss2 - loss) < 1e-4 * abs(loss)
+    for g, g2 in zip(grads, grads2):
+        assert torch.isfinite(g2).all() and _diff(g2, g) < 1e-3 * max(1e-6, g.abs().max().item())
 
 
 @needs_cuda
