@@ -278,23 +278,27 @@ REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "
 
 def test_reprint_and_compare_the_committed_reference_results(tmp_path, capsys):
     folders = report.list_results(REFERENCE)
-    assert [f.name for f in folders] == ["20261129-131849_h200_full_test", "20261129-130924_h200_full_test",
+    assert [f.name for f in folders] == ["20261129-170049_h200_scaling", "20261129-165942_h200_fast_test",
+                                         "20261129-131849_h200_full_test", "20261129-130924_h200_full_test",
                                          "20261129-115305_h200_scaling", "20261129-112146_h200_full_test",
                                          "20261129-093912_h200_full_test", "20261129-093117_h200_fast_test"]
-    report.show(4, REFERENCE)  # gpt2's full_test
+    report.show(6, REFERENCE)  # gpt2's full_test
     out = capsys.readouterr().out
     assert "full_test" in out and "sdpa-cudnn" in out and "flex_sparse" in out
     assert "precompile: 9 runs compiled 4 at a time" in out
-    for n, model in ((1, "gpt2-large"), (2, "gpt2-medium"), (4, "gpt2")):
+    for n, model in ((3, "gpt2-large"), (4, "gpt2-medium"), (6, "gpt2")):
         table = report.summary_table(report.load(report.latest(REFERENCE, n)))
         assert len(table) == 9 and (table["status"] == "ok").all() and set(table["model"]) == {model}
-    large = report.load(folders[0])
+    large = report.load(folders[2])
     assert {r["gpu"] for r in large.manifest["runs"]} == {0, 1}  # the 2-GPU pool
-    scaling = report.summary_table(report.load(report.latest(REFERENCE, 3)))
+    scaling = report.summary_table(report.load(report.latest(REFERENCE, 5)))
     assert len(scaling) == 54 and set(scaling[scaling.status == "oom"].attention) == {"baseline"}
-    ratios = report.compare([folders[5], folders[3]], REFERENCE, out=tmp_path / "cmp", show=False)
-    sa = report.load(folders[5]).summary.set_index("attention")
-    sb = report.load(folders[3]).summary.set_index("attention")
+    lsh_scaling = report.summary_table(report.load(folders[0]))  # session 5: lsh on its flex path
+    assert len(lsh_scaling) == 6 and set(lsh_scaling.attention) == {"lsh"} and (lsh_scaling.status == "ok").all()
+    assert lsh_scaling.kernel.str.startswith("flex_attention (lsh compact rows").all()
+    ratios = report.compare([folders[7], folders[5]], REFERENCE, out=tmp_path / "cmp", show=False)
+    sa = report.load(folders[7]).summary.set_index("attention")
+    sb = report.load(folders[5]).summary.set_index("attention")
     row = ratios[ratios["attention"] == "sdpa"].iloc[0]
     want = sb.loc["sdpa", "train_time_s"] / sa.loc["sdpa", "train_time_s"]
     assert row["train_time_s B/A"] == pytest.approx(want, rel=1e-3)  # compare rounds to 4 digits
