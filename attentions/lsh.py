@@ -122,7 +122,7 @@ def slots(hq, hk, key_real, c, nb):
     pstart = padded.cumsum(-1) - padded                                   # first slot per bucket
     rank = torch.arange(2 * T, device=hq.device) - start.gather(-1, sorted_bucket)
     item_slot = torch.empty_like(order).scatter_(-1, order, pstart.gather(-1, sorted_bucket) + rank)
-    S = n_slots(T, c, nb)                                           # bound on sum(padded)
+    S = n_slots(T, c, nb)                                                 # bound on sum(padded)
     shape = (*bucket.shape[:-1], S)
     q_slot, k_slot = item_slot[..., :T], item_slot[..., T:]
     return Assignment(
@@ -277,27 +277,31 @@ def flex_rows(a: Assignment, c):
     span = (S // c + 1) * c
     # S >= nb * (c - 1) (n_slots), so codes < nb * span <= (S / (c - 1) + 1) * span: int32 if that fits
     small = (S // max(c - 1, 1) + 1) * span < 2 ** 31
+
+    def before(slot):
+        """(B, H, R, S + 1): how many of these items sit at slots < s. Slots are unique, so
+        before(slot)[slot[t]] is item t's row in slot order (no sort); for keys it also gives the
+        key rows of a slot range (a cumsum: inductor could not lower torch.searchsorted here)."""
+        return torch.zeros(B, H, R, S + 1, dtype=torch.int32, device=slot.device).scatter_(
+            -1, slot + 1, 1).cumsum(-1, dtype=torch.int32)
+
+    def in_rows(x, rank, pad):
+        """(B, H, R, T) -> (B, H*R, L): each item's value at its row, pad on the rows past T."""
+        return x.new_full((B, H, R, L), pad).scatter_(-1, rank, x).flatten(1, 2)
+
+    keys_before = before(a.k_slot)
+    q_rank = before(a.q_slot).gather(-1, a.q_slot).long()
+    k_rank = keys_before.gather(-1, a.k_slot).long()
     k_real = a.slot_isk.gather(-1, a.k_slot)
-
-    def rows(slot, code, pad_code):
-        """Items in slot order, padded to L rows: each item's row, the rows' slots and codes."""
-        order = slot.argsort(-1)
-        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(T, device=slot.device).expand_as(order))
-        slot = slot.gather(-1, order)
-        tail = (B, H, R, L - T)
-        slot = torch.cat([slot, slot[..., -1:].expand(tail)], -1).flatten(1, 2)  # padding: the last slot
-        code = torch.cat([code.gather(-1, order), code.new_full(tail, pad_code)], -1).flatten(1, 2)
-        return rank, slot, code.int() if small else code
-
-    q_rank, q_slot, q_code = rows(a.q_slot, a.hq * span + a.q_slot, 0)
-    k_rank, _, k_code = rows(a.k_slot, torch.where(k_real, a.hk * span + a.k_slot, UNSEEN), UNSEEN)
-    # per query block: the key rows from its first query's window start to its last query's slot.
-    # keys_before[s] = how many keys sit at slots < s (a cumsum, not searchsorted: inductor could
-    # not lower torch.searchsorted on these views, seen on the H200)
-    keys_before = torch.zeros(B, H, R, S + 1, dtype=torch.int32, device=a.k_slot.device).scatter_(
-        -1, a.k_slot + 1, 1).cumsum(-1, dtype=torch.int32).flatten(1, 2)
+    dtype = torch.int32 if small else torch.int64
+    q_code = in_rows((a.hq * span + a.q_slot).to(dtype), q_rank, 0)
+    k_code = in_rows(torch.where(k_real, a.hk * span + a.k_slot, UNSEEN).to(dtype), k_rank, UNSEEN)
+    # per query block: the key rows from its first query's window start to its last query's slot
+    q_slot = in_rows(a.q_slot, q_rank, 0)
     first = q_slot[..., ::FLEX_BLOCK]
-    last = q_slot[..., FLEX_BLOCK - 1::FLEX_BLOCK]
+    block_end = torch.arange(1, L // FLEX_BLOCK + 1, device=q_slot.device) * FLEX_BLOCK - 1
+    last = q_slot[..., block_end.clamp(max=T - 1)]                  # a block's last real query
+    keys_before = keys_before.flatten(1, 2)
     q_first = keys_before.gather(-1, (first // c - 1).clamp(min=0) * c)
     q_last = keys_before.gather(-1, last) - 1
     return FlexRows(q_rank, k_rank, q_code, k_code, q_first, q_last)

@@ -96,12 +96,6 @@ def slot_positions(a):
     return torch.zeros_like(a.slot_bucket).scatter(-1, a.q_slot, pos).scatter(-1, a.k_slot, pos)
 
 
-def at_queries(out, slot):
-    """(B, H*R, rows, D) flex output -> (B, H*R, T, D): each query's row (slot or rank index)."""
-    index = slot.flatten(1, 2).unsqueeze(-1).expand(-1, -1, -1, out.shape[-1])
-    return out.float().gather(2, index)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_size_args(ap)
@@ -139,7 +133,7 @@ def main(argv=None):
         def fwd():
             return flex(*x, block_mask=mask)
         with torch.no_grad():
-            outs[name] = at_queries(fwd(), queries)
+            outs[name] = lsh._take(fwd().view(*queries.shape[:3], -1, D), queries).float()  # each query's row
         line = f"{name:>12}: sparsity {mask.sparsity():.1f}%, fwd {1e3 * median_time(fwd, device, args.repeats):.2f} ms"
         if cuda:
             grad = torch.randn_like(x[0])
