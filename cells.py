@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from errors import UserError
+from harness.errors import UserError
 
 
 def in_notebook() -> bool:

@@ -9,7 +9,7 @@ import pandas as pd
 
 import plots
 from cells import display
-from errors import UserError
+from harness.errors import UserError
 from report import NoResults, Result, _in_order, _sig, list_results, load
 
 COMPARE = ["train_time_s", "tokens_per_s", "inference_time_s", "gpu_memory_mb", "memory_gb",

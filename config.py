@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from errors import UserError, unknown
+from harness.errors import UserError, unknown
 
 PRESET = "fast_test"  # <- the line to edit: smoke, fast_test, full_test, scaling
 

@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from errors import UserError, unknown
+from harness.errors import UserError, unknown
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 VOCAB_FILE = os.path.join(ASSETS, "gpt2.tiktoken")

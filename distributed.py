@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 
-from errors import UserError
+from harness.errors import UserError
 
 # -- torchrun: detect, init, teardown, rank info --------------------------------------------------
 

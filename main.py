@@ -19,7 +19,7 @@ import dataclasses
 import sys
 
 import config as configs
-from errors import UserError
+from harness.errors import UserError
 
 
 def _ints(text: str) -> list[int]:

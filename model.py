@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import attentions
-from errors import UserError
+from harness.errors import UserError
 
 SIZES = {  # name: (n_layer, n_embd, n_head)
     "gpt2": (12, 768, 12),
@@ -26,7 +26,7 @@ PRETRAINED_POSITIONS = 1024
 def gpt2_config(name: str, seq_len: int):
     from transformers import GPT2Config
     if name not in SIZES:
-        from errors import unknown
+        from harness.errors import unknown
         raise unknown("model", name, SIZES)
     n_layer, n_embd, n_head = SIZES[name]
     return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=VOCAB,

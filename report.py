@@ -17,7 +17,7 @@ import pandas as pd
 import plots
 import timing
 from cells import display, latest_unfinished, run_main, system_info  # noqa: F401  (report.* is the notebook's one import)
-from errors import UserError
+from harness.errors import UserError
 from metrics.catalog import METRICS, label
 
 TABLE = ["train_time_s", "tokens_per_s", "inference_time_s", "gpu_memory_mb", "memory_gb", "gpu_power_w",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from errors import UserError
+from harness.errors import UserError
 from metrics.catalog import ID_COLUMNS, METRICS, QUALITY_COLUMNS
 
 # Our CSVs write a missing number as an empty field; text such as the status "nan" (a run whose

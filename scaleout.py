@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from distributed import launched
-from errors import UserError
+from harness.errors import UserError
 
 # -- shards of a sweep, and merge -----------------------------------------------------------------
 

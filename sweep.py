@@ -116,7 +116,7 @@ class Sweep:
 
     @classmethod
     def resume(cls, folder: str | Path, log=print) -> "Sweep":
-        from errors import UserError
+        from harness.errors import UserError
         folder = Path(folder)
         path = folder / "manifest.json"
         if not path.exists():

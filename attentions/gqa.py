@@ -46,7 +46,7 @@ def group_mean(w, kv_heads, D):
 
 
 def _check(module, kv_heads):
-    from errors import UserError
+    from harness.errors import UserError
     if isinstance(module.split_size, (list, tuple)):
         raise UserError("gqa: this model already has grouped K/V heads (install gqa once)")
     if kv_heads < 1 or module.num_heads % kv_heads:

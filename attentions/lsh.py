@@ -55,7 +55,7 @@ import torch
 from attentions.common import (compiled_flex, flex_unavailable, naive_attention, padding_of,
                                params_of, self_check_inputs)
 from attentions.registry import AttentionSpec, register
-from errors import UserError
+from harness.errors import UserError
 
 # n_buckets 0 = ~T/bucket_size; impl: "flex" (one FlexAttention call, CUDA only), "matmul" (batched
 # matmuls per chunk, every device) or "auto" (flex where it runs, matmul elsewhere)

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from errors import UserError, unknown
+from harness.errors import UserError, unknown
 
 
 def _no_reason(device: torch.device) -> str | None:
@@ -35,6 +35,9 @@ class AttentionSpec:
     # counting only the query/key pairs the mechanism computes: flops(B, H, T, D, params) -> float.
     flops: Callable[..., float]
     params: dict = field(default_factory=dict)
+    # density(T, params) -> the fraction of causal query/key pairs computed at length T, from the
+    # same pair count as `flops` (1.0 for the exact mechanisms). Reported as attention_density.
+    density: Callable[[int, dict], float] = lambda T, params: 1.0
     # kernel(device, params, dtype=None, shape=None) -> the name of the kernel that runs, recorded
     # with every run; shape = (B, H, T, D) of the query. Called once per run, may probe the device.
     kernel: Callable[..., str] = lambda device, params, dtype=None, shape=None: "unknown"

@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import attentions
 from attentions import common, flash, flex_sparse, gqa, linear, lsh, sliding_window
 from attentions.common import StubAttention, allowed_with_padding, naive_attention
-from errors import UserError
+from harness.errors import UserError
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (run on the H200)")

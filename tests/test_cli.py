@@ -8,7 +8,7 @@ import pytest
 import config
 import main
 from conftest import ROOT
-from errors import UserError
+from harness.errors import UserError
 
 
 def _run_main(argv, capsys):

@@ -15,7 +15,7 @@ from matplotlib.colors import to_rgba
 
 import plots
 import report
-from errors import UserError
+from harness.errors import UserError
 from fake_results import make_results
 from metrics.catalog import METRICS, label
 
