@@ -1,25 +1,27 @@
-"""attention-bench command line: config -> plan of runs -> each run in a fresh process -> results.
+"""attention-bench: what does each attention mechanism cost to train GPT-2, and what does it give up?
 
-  python main.py [--preset P] [--model M|all] [--attention a,b|all|single] [--batch-size N]
-                 [--seq-len N[,N...]] [--steps N] [--epochs N] [--offline] [--out DIR] ...
+  python main.py [--preset P] [--model M|all] [--attention a,b|all|single] [--seq-len N[,N...]] ...
   python main.py --resume DIR          continue an interrupted sweep
-  python main.py show [N]              print result N (1 = latest) without recomputing
+  python main.py show [N|DIR]          print result N (1 = latest) from its files
   python main.py compare A B [...]     compare result folders side by side
-  python main.py ... --gpus all|0,1    independent runs side by side, one per GPU (scaleout.py)
-  python main.py ... --shard I/N       run 1/N of the plan (a job array's task); then:
-  python main.py merge DIR... [--out ROOT]   join shard folders into one results folder
-  torchrun --nproc_per_node N main.py ...    data-parallel (DDP) training (distributed.py)
+  python main.py merge DIR... [--out ROOT]   join the shard folders of one sweep
+  torchrun --nproc_per_node N main.py ...    data-parallel (DDP) training
 
-Bad input exits with code 2 and one line naming the problem, before anything is written.
+Each subcommand has its own --help. Exit codes: 0 at least one run ok (or the command did what it
+was asked), 1 a sweep in which no run was ok, 2 bad input (one line naming it; nothing written),
+130 stopped by Ctrl-C, 143 stopped by SIGTERM (both save what finished and print how to resume).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 
 import config as configs
-from harness.errors import UserError
+from harness.errors import Interrupted, Terminated, UserError
+
+EPILOG = __doc__.split("\n\n", 1)[1]
 
 
 def _ints(text: str) -> list[int]:
@@ -38,16 +40,16 @@ def _precompile(text: str | None) -> int | str | None:
         raise UserError(f"--precompile: expected a number of processes or 'auto', got {text!r}") from None
 
 
-def _names(text: str, all_names) -> list[str] | str:
+def _names(text: str) -> list[str] | str:
     if text == "all":
         return configs.ALL
     if text == "single":
         return list(configs.SINGLE)
-    return [x.strip() for x in text.split(",") if x.strip()]
+    return [x.strip() for x in text.split(",")]  # empty names are kept: validate() names them
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="main.py", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="main.py", description=__doc__.split("\n")[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", help=f"one of {', '.join(configs.PRESETS)} (default: config.PRESET = {configs.PRESET!r})")
@@ -67,9 +69,10 @@ def parser() -> argparse.ArgumentParser:
     a("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     a("--precompile", metavar="N|auto", help="compile the runs N at a time before measuring them one by "
       "one (fills torch.compile's caches); 0 = off; auto = CPU cores // 4 on a GPU")
-    a("--timeout", type=float, help="seconds per run before it is stopped (status timeout)")
+    a("--timeout", type=float, help="seconds per run, counted from its launch, before it is stopped "
+      "(status timeout)")
     a("--out", help="results root folder (default results/)")
-    a("--resume", metavar="DIR", help="continue the sweep in results folder DIR")
+    a("--resume", metavar="DIR", help="continue the sweep in results folder DIR (its own config)")
     a("--progress", choices=["lines", "bar"], default="lines",
       help="lines: a line per run and its steps; bar: one progress bar (each run's lines in .runs/)")
     a("--gpus", help="run independent runs side by side, one per GPU: 'all' or indices such as 0,1")
@@ -82,119 +85,119 @@ def config_from_args(args) -> configs.Config:
     cfg = configs.get_preset(args.preset or configs.PRESET)
     over = {}
     if args.model:
-        over["models"] = list(configs.MODELS[:3]) if args.model == "all" else _names(args.model, configs.MODELS)
-    if args.attention:
-        over["attentions"] = _names(args.attention, None)
+        over["models"] = list(configs.MODELS[:3]) if args.model == "all" else _names(args.model)
+    if args.attention is not None:
+        over["attentions"] = _names(args.attention)
     if args.seq_len:
         over["seq_lens"] = _ints(args.seq_len)
-    for field, value in (("batch_size", args.batch_size), ("batches_per_epoch", args.steps),
-                         ("epochs", args.epochs), ("warmup_steps", args.warmup), ("repeats", args.repeats),
-                         ("offline", args.offline), ("dataset", args.dataset), ("init", args.init), ("device", args.device),
-                         ("dtype", args.dtype), ("compile", args.compile), ("timeout_s", args.timeout),
-                         ("precompile", _precompile(args.precompile)),
-                         ("out", args.out)):
-        if value is not None:
-            over[field] = value
     if args.batch_size is not None:
         over["tokens_per_batch"] = None  # an explicit batch size wins over the scaling preset's rule
+    for field, value in (("batch_size", args.batch_size), ("batches_per_epoch", args.steps), ("epochs", args.epochs),
+                         ("warmup_steps", args.warmup), ("repeats", args.repeats), ("offline", args.offline),
+                         ("dataset", args.dataset), ("init", args.init), ("device", args.device),
+                         ("dtype", args.dtype), ("compile", args.compile), ("timeout_s", args.timeout),
+                         ("precompile", _precompile(args.precompile)), ("out", args.out)):
+        if value is not None:
+            over[field] = value
     return configs.validate(dataclasses.replace(cfg, **over))
 
 
-def prepare_data(cfg: configs.Config, runs: list[dict]) -> dict:
-    """Tokenize once in the parent, before anything is written: a bad dataset fails here."""
-    import data
-    tok = data.get_tokenizer(cfg.offline)
-    out = {}
-    for key in sorted({(r["seq_len"], r["batch_size"]) for r in runs}):
-        out[key] = data.make_batches(cfg, tok, key[0], key[1], cfg.batches_per_epoch)
-    return out
+def sweep(argv: list[str]) -> int:
+    """The default command: run (or resume) a sweep, then its report. Exit 1 if no run was ok."""
+    import json
+
+    from harness.report.markdown import finish
+    from harness.sweep.plan import parse_shard
+    from harness.sweep.runner import run_sweep
+    args = parser().parse_args(argv)
+    cfg = None if args.resume else config_from_args(args)
+    shard = parse_shard(args.shard) if args.shard else None
+    folder = run_sweep(cfg, args.resume, shard=shard, gpus=args.gpus, progress=args.progress)
+    if folder is None:
+        return 0
+    finish(folder)
+    runs = json.loads((folder / "manifest.json").read_text())["runs"]
+    if not any(r["status"] == "ok" for r in runs):
+        print(f"no run finished ok ({len(runs)} run{'s' if len(runs) != 1 else ''}): exit code 1", file=sys.stderr)
+        return 1
+    return 0
 
 
-def finish(folder) -> None:
-    """Plots, report.md and the summary table at the end of a sweep (also after Ctrl-C)."""
-    import report
-    report.make_plots(folder)
-    path = report.write_report(folder)
-    print(report.summary_table(report.load(folder)).to_string(index=False))
-    print(f"\nresults: {folder}\nreport:  {path}")
+def show(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py show", description="print a result from its files (the "
+                                "plots are drawn from its CSVs if it has none)")
+    p.add_argument("which", nargs="?", default="1", help="N (1 = the latest result) or a results folder")
+    p.add_argument("--root", default="results", help="where to look for result N (default results/)")
+    p.add_argument("--all-plots", action="store_true", help="list every plot, not just the overview")
+    args = p.parse_args(argv)
+    from harness.report.show import show as show_result
+    show_result(int(args.which) if args.which.isdigit() else args.which, root=args.root, all_plots=args.all_plots)
+    return 0
+
+
+def compare(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="main.py compare", description="each later folder's medians as "
+                                "ratios to the first's, per (model, seq_len, attention); writes ratios.csv "
+                                "and a figure per pair")
+    p.add_argument("folders", nargs="+", help="two or more results folders; the first is A")
+    p.add_argument("--out", help="where to write the comparison (default: beside the last folder)")
+    args = p.parse_args(argv)
+    if len(args.folders) < 2:
+        raise UserError("compare needs two or more result folders")
+    from harness.report.compare import compare as compare_folders
+    compare_folders(args.folders, out=args.out)
+    return 0
 
 
 def merge(argv: list[str]) -> int:
-    """main.py merge DIR... [--out ROOT]: shard folders -> one results folder, then its report."""
-    import scaleout
-    p = argparse.ArgumentParser(prog="main.py merge", description="join shard folders into one")
+    p = argparse.ArgumentParser(prog="main.py merge", description="join the shard folders of one sweep "
+                                "(--shard I/N) into one results folder, then write its report")
     p.add_argument("folders", nargs="+", help="results folders of the shards of one sweep")
     p.add_argument("--out", help="results root for the merged folder (default: next to the first shard)")
     args = p.parse_args(argv)
-    finish(scaleout.merge(args.folders, args.out))
+    from harness.report.markdown import finish
+    from harness.sweep.merge import merge as merge_folders
+    finish(merge_folders(args.folders, args.out))
     return 0
 
 
-def command(name: str, argv: list[str]) -> int:
-    import report
-    if name == "merge":
-        return merge(argv)
-    if name == "show":
-        which = (int(argv[0]) if argv[0].isdigit() else argv[0]) if argv else 1  # N or a folder
-        report.show(which, root=argv[1] if len(argv) > 1 else "results")
-    elif name == "compare":
-        if len(argv) < 2:
-            raise UserError("compare needs two or more result folders")
-        report.compare(argv)
-    return 0
+COMMANDS = {"show": show, "compare": compare, "merge": merge}
 
 
-def run_sweep(cfg: configs.Config | None, resume: str | None = None, shard=None, gpus: str | None = None,
-              progress: str = "lines"):
-    import distributed
-    import scaleout
-    from sweep import Sweep, plan
-    if resume and shard:
-        raise UserError("--shard is fixed when a sweep is created; --resume DIR continues that shard")
-    if distributed.launched():  # torchrun: every rank trains, rank 0 writes
-        if gpus:
-            scaleout.parse_gpus(gpus, "cuda")  # the error that says why not
-        return distributed.ddp_sweep(cfg, resume, shard, prepare_data, finish)
-    if resume:
-        sweep = Sweep.resume(resume)
-        cfg = sweep.cfg
-        gpu_list = scaleout.parse_gpus(gpus, cfg.device) if gpus else None
-        batches = prepare_data(cfg, sweep.pending())
-    else:
-        gpu_list = scaleout.parse_gpus(gpus, cfg.device) if gpus else None
-        runs = scaleout.select_shard(plan(cfg), shard)
-        if not runs:
-            print(f"shard {scaleout.shard_label(shard)} holds no run of this {len(plan(cfg))}-run plan: "
-                  "nothing to do")
-            return None
-        batches = prepare_data(cfg, runs)
-        sweep = Sweep.create(cfg, shard=shard)
-    sweep.save_data(batches)
-    sweep.progress = progress
-    if gpu_list:
-        sweep.manifest["gpus"] = gpu_list
-    print(f"attention-bench: preset {cfg.preset}, {len(sweep.runs)} runs -> {sweep.folder}", flush=True)
-    sweep.run_all(gpus=gpu_list)
-    finish(sweep.folder)
-    return sweep
+def interrupted(e: Interrupted) -> int:
+    """One clean message, the report of what finished, the resume command."""
+    from harness.report.markdown import finish
+    print(f"\n{'stopped by SIGTERM' if e.code == 143 else 'interrupted'}: finished runs are saved in {e.folder}",
+          file=sys.stderr)
+    try:
+        finish(e.folder)
+    except Exception as err:  # the report is a convenience here; what matters is saved
+        print(f"(no report written: {type(err).__name__}: {err})", file=sys.stderr)
+    print(f"resume with: python main.py --resume {e.folder}", file=sys.stderr)
+    return e.code
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        if argv and argv[0] in ("show", "compare", "merge"):
-            return command(argv[0], argv[1:])
-        args = parser().parse_args(argv)
-        cfg = None if args.resume else config_from_args(args)
-        from scaleout import parse_shard
-        shard = parse_shard(args.shard) if args.shard else None
-        run_sweep(cfg, args.resume, shard=shard, gpus=args.gpus, progress=args.progress)
-        return 0
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        return sweep(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except Interrupted as e:
+        return interrupted(e)
+    except KeyboardInterrupt as e:  # before the sweep started: nothing to save
+        return 143 if isinstance(e, Terminated) else 130
+    except BrokenPipeError:  # `main.py show | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from attentions.order import ORDER
 from harness.errors import UserError, unknown
 
 
@@ -58,8 +59,6 @@ class AttentionSpec:
 
 REGISTRY: dict[str, AttentionSpec] = {}
 
-# The order every table and plot uses.
-ORDER = ["baseline", "sdpa", "flash", "flex", "flex_sparse", "sliding_window", "linear", "lsh", "gqa"]
 
 
 def padding_mask_2d(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
@@ -130,5 +129,6 @@ def _load_all():
 
     import attentions
     for info in pkgutil.iter_modules(attentions.__path__):
-        if info.name not in ("registry", "common") and not info.name.startswith("_"):
+        if info.name not in ("registry", "order") and not info.name.startswith("_"):  # a helper
+            # module (common.py) registers nothing on import; a new mechanism file registers itself
             importlib.import_module(f"attentions.{info.name}")

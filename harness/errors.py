@@ -14,3 +14,17 @@ def unknown(kind: str, name: str, valid) -> UserError:
     near = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
     hint = f" Did you mean '{near[0]}'?" if near else ""
     return UserError(f"unknown {kind} '{name}'. Valid: {', '.join(valid)}.{hint}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a Slurm time limit, `timeout`, `kill`), raised where Ctrl-C's KeyboardInterrupt
+    would be, so both end a sweep the same way."""
+
+
+class Interrupted(Exception):
+    """A sweep stopped by Ctrl-C or SIGTERM after saving what finished: its folder and exit code
+    (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, folder, code: int):
+        super().__init__(f"interrupted: {folder}")
+        self.folder, self.code = folder, code

@@ -4,6 +4,9 @@ results/<timestamp>_<device>_<preset>/
   manifest.json  batches.csv  summary.csv  samples.csv  plots/  report.md
 Every file is written to a temporary name and renamed (os.replace is atomic on POSIX), so a
 sweep killed at any moment leaves files that parse, and each run's rows land only when it ends.
+JSON is strict (a NaN or infinity is written as null, which every JSON reader accepts); CSVs
+write a missing number as an empty field. The sweep writes here, the reports read; this module
+imports neither.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import UserError
-from metrics.catalog import ID_COLUMNS, METRICS, QUALITY_COLUMNS
+from metrics.catalog import BY_COLUMN, ID_COLUMNS, METRICS, QUALITY_COLUMNS
 
 # Our CSVs write a missing number as an empty field; text such as the status "nan" (a run whose
 # loss went NaN) must stay text, so only empty fields read as NaN.
@@ -27,7 +30,8 @@ FLAG_COLUMNS = [m.column for m in QUALITY_COLUMNS]
 BATCH_COLUMNS = ID_COLUMNS + [m.column for m in METRICS] + FLAG_COLUMNS
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """write(f) into a temporary file beside path, then rename it over path."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -41,19 +45,44 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def strict(obj):
+    """obj with every NaN and infinity replaced by None (JSON null), in dicts, lists and tuples."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def nan_for_null(records: list[dict]) -> list[dict]:
+    """Rows read back from strict JSON: a null value is the NaN that was written."""
+    return [{k: math.nan if v is None else v for k, v in r.items()} for r in records]
+
+
 def write_json(path: Path, obj) -> None:
-    _atomic_write(Path(path), lambda f: json.dump(obj, f, indent=2, default=str, allow_nan=True))
+    atomic_write(Path(path), lambda f: json.dump(strict(obj), f, indent=2, default=str, allow_nan=False))
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(Path(path), lambda f: f.write(text))
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
-    _atomic_write(Path(path), lambda f: df.to_csv(f, index=False))
+    atomic_write(Path(path), lambda f: df.to_csv(f, index=False))
 
 
 def read_csv(path: Path) -> pd.DataFrame:
+    """The one CSV reader: a missing or empty file is an empty frame; only empty fields are NaN
+    (the status "nan" stays text), and reason / kernel / caveats are always text."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    return pd.read_csv(path, **CSV_READ)
+    try:
+        return pd.read_csv(path, dtype={"reason": str, "kernel": str, "caveats": str}, **CSV_READ)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def check_writable(root: str | Path) -> Path:
@@ -132,9 +161,7 @@ def _run_value(m, meas: pd.DataFrame, vals: list) -> float:
 
 def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     """One row per run: identity, status, and median + 95% interval of each metric."""
-    if "rank" in batches.columns:  # torchrun: one row per rank per step -> one row per global step
-        from distributed import global_steps
-        batches = global_steps(batches)
+    batches = global_steps(batches)  # torchrun: one row per rank per step -> one per global step
     out = []
     for run in runs:
         row = {k: run.get(k) for k in ("run_id", "model", "attention", "kernel", "seq_len", "batch_size",
@@ -150,9 +177,32 @@ def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
             else:
                 row[m.column], row[f"{m.column}_lo"], row[f"{m.column}_hi"] = median_interval(vals)
         for k in ("energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "wall_s"):
-            row[k] = run.get(k, math.nan)
+            row[k] = math.nan if run.get(k) is None else run[k]
         for k in ("world_size", "gpu"):  # torchrun / --gpus runs only: which ranks or GPU made the row
             if any(k in r for r in runs):
                 row[k] = run.get(k)
         out.append(row)
     return pd.DataFrame(out)
+
+
+def global_steps(batches: pd.DataFrame) -> pd.DataFrame:
+    """batches.csv rows with a `rank` column -> one row per (run, step), each column combined by
+    its catalog rule across ranks (Metric.ranks); throughput = global tokens / slowest time."""
+    if batches.empty or "rank" not in batches.columns:
+        return batches
+    w = int(batches["rank"].nunique())
+    g = batches.groupby(["run_id", "step"], sort=False)
+    out = g.first()  # identity columns, loss (already the global loss on every rank), flags
+    for rule in ("sum", "max", "mean"):
+        cols = [c for c in batches.columns if c in BY_COLUMN and BY_COLUMN[c].ranks == rule]
+        if cols:  # a sum is NaN unless every rank measured it, never 0
+            out[cols] = g[cols].sum(min_count=w) if rule == "sum" else getattr(g[cols], rule)()
+    t = out["train_time_s"]
+    out["tokens_per_s"] = out["tokens"] / t
+    out["tflops_per_s"] = out["flops"] / t / 1e12
+    out["joules_per_token"] = out["energy_j"] / out["tokens"]
+    if "mfu" in batches:  # each rank's achieved FLOP/s over the slowest step, averaged over GPUs
+        out["mfu"] = (batches["mfu"] * batches["train_time_s"]).groupby(
+            [batches["run_id"], batches["step"]], sort=False).sum(min_count=w) / (w * t)
+    out = out.reset_index().drop(columns="rank")
+    return out[[c for c in batches.columns if c in out] + [c for c in out if c not in batches.columns]]

@@ -1,6 +1,6 @@
 """Where a sweep's time went, from its manifest alone: each run's wall time split into setup,
 compile (training graph, no-grad graph), steps and inference; compile-cache hits; the sweep's
-wall time and its precompile phase. report.py prints it and writes it into report.md."""
+wall time and its precompile phase. show prints it and report.md carries it."""
 from __future__ import annotations
 
 import math

@@ -1,16 +1,17 @@
 """Compare result folders: for each later folder (B, C, ...) the ratio to the first (A) of each key
 metric's median, per (model, seq_len, attention), as a table, ratios.csv and one figure per pair.
-Computed from the folders' files alone (report.load), like everything in report.py."""
+Computed from the folders' files alone, like every report."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
 
-import plots
-from cells import display
 from harness.errors import UserError
-from report import NoResults, Result, _in_order, _sig, list_results, load
+from harness.report import plots
+from harness.report.display import display
+from harness.report.results import NoResults, Result, list_results, load
+from harness.report.tables import in_order, sig
 
 COMPARE = ["train_time_s", "tokens_per_s", "inference_time_s", "gpu_memory_mb", "memory_gb",
            "joules_per_token", "loss"]
@@ -53,7 +54,7 @@ def compare(folders=None, root="results", out=None, show: bool = True) -> pd.Dat
     one = len(parts) == 1         # two folders: plain "status"; more: "status C/A", ...
     table = pd.concat([p.add_suffix(f" {L}/A").rename(columns={f"status {L}/A": "status"} if one else {})
                        for L, p in parts], axis=1).reset_index()
-    table = _in_order(table.map(_sig)).reset_index(drop=True)
+    table = in_order(table.map(sig)).reset_index(drop=True)
     names = [Path(f).name for f in folders]
     out = Path(out) if out else Path(folders[-1]).parent / "comparisons" / f"{names[0]}_vs_{names[-1]}"
     out.mkdir(parents=True, exist_ok=True)

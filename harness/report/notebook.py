@@ -1,6 +1,6 @@
-"""What for_colab.ipynb's cells need besides reading results: notebook display, the machine's
-description and which attentions it can run (cell 2), and main.py run as a child process with its
-output streamed (cell 4). report.py re-exports these, so the notebook imports report alone.
+"""The notebook's one import (`from harness.report import notebook as report`): the machine's
+description and which attentions it can run (cell 2), a previous result (cell 3, show), main.py
+run as a child process with its output streamed (cell 4), and compare (cell 5).
 """
 from __future__ import annotations
 
@@ -9,34 +9,12 @@ import signal
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from harness.errors import UserError
-
-
-def in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return getattr(get_ipython(), "kernel", None) is not None     # a Jupyter/Colab kernel, not a terminal
-
-
-def display(table: pd.DataFrame | None = None, images=()) -> None:
-    """A table and PNGs: rendered in a notebook, printed (paths for images) elsewhere."""
-    if in_notebook():
-        from IPython.display import Image
-        from IPython.display import display as show
-        if table is not None:
-            show(table)
-        for p in images:
-            show(Image(filename=str(p)))
-        return
-    if table is not None:
-        with pd.option_context("display.width", 200, "display.max_columns", None):
-            print(table.to_string(index=False))
-    for p in images:
-        print(f"  plot: {p}")
+from harness.report.compare import compare  # noqa: F401  (cell 5)
+from harness.report.display import display  # noqa: F401
+from harness.report.results import list_results
+from harness.report.show import show  # noqa: F401  (cell 3)
+from harness.sweep.environment import environment
 
 
 def system_info(root="results", verbose: bool = True) -> dict:
@@ -46,7 +24,6 @@ def system_info(root="results", verbose: bool = True) -> dict:
     import torch
 
     from attentions import ORDER, get, names
-    from sweep import environment          # the same fields every manifest records
     info = environment()
     dev = torch.device("cuda" if info["gpu_count"] else "cpu")
     if info["gpu_count"]:
@@ -83,7 +60,6 @@ def _stream(proc, text) -> None:
 def latest_unfinished(root) -> str | None:
     """The newest results folder whose sweep never finished (a disconnect, Ctrl-C), or None."""
     import json
-    from report import list_results
     try:
         folders = list_results(root)
     except Exception:  # no results folder yet
@@ -102,7 +78,7 @@ def run_main(*args) -> None:
     comes, bytes as they are, so tqdm's carriage-return redraws update one line in a notebook."""
     import codecs
     import subprocess
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-u", str(here / "main.py"), *map(str, args)]
     print("$ " + " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, cwd=here, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
-from attentions.registry import ORDER
+from attentions.order import ORDER
 from metrics.catalog import BY_COLUMN, METRICS, label
 
 # Baseline is the reference, so it gets the neutral grey; tab10 for the rest, cyan spare.

@@ -1,26 +1,24 @@
 """One run: warm-up steps, then measured steps, a row of metrics per training batch.
 
-Also the worker entry point: `python train.py SPEC.json RESULT.json` runs one configuration in a
-fresh process (main.py starts one per run), so allocator state, compile caches, peak-memory
-counters and NVML baselines never leak from one attention into the next. The result file is
-written atomically with a status: ok, oom, nan, unavailable or error (+ traceback tail).
+prepare() does everything before the timed loop (data on the device, model, optimizer, FLOP
+counts, the kernel that will run) and returns a Setup; run() trains and meters it; warm() takes
+one step only, to fill torch.compile's caches for the measured run that follows. The process
+around a run (its spec and result files, its status) is worker.py.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
 import time
-import traceback
+from dataclasses import dataclass, field
 
 import torch
 
 import attentions
-import data
-import distributed
-import model as models
 from config import Config
+from harness.run import data, ddp
+from harness.run import model as models
+from harness.run.step import StepTimer, fault_for, inference_time, train_step
+from harness.run.tokenizer import get_tokenizer
 from metrics.flops import palm_flops_per_token, train_step_flops
 from metrics.meter import Meter
 from metrics.peak import peak_tflops
@@ -43,75 +41,47 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fault_for(attention: str) -> str | None:
-    """Test hook: AB_FAULT="sdpa=raise,linear=nan,lsh=oom,flex=sleep" makes faults on purpose.
-    Read once per run, in prepare(), never inside the timed step."""
-    faults = dict(f.split("=") for f in os.environ.get("AB_FAULT", "").split(",") if "=" in f)
-    return faults.get(attention)
+@dataclass
+class Setup:
+    """What prepare() made for the timed loop."""
+    spec: attentions.AttentionSpec
+    dtype: torch.dtype
+    batches: list[dict]          # on the device; a batch without padding has no attention_mask
+    real: list[int]              # non-padding tokens of each batch, counted on the host
+    data_stats: dict
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the model as trained: DDP-wrapped, compiled
+    params: dict                 # the attention's effective parameters
+    kernel: str                  # the kernel that runs, recorded with every row
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    flops: float                 # one training step, analytic
+    palm: float                  # PaLM training FLOPs per token (MFU's numerator)
+    peak: float                  # the device's peak TFLOP/s at this dtype (NaN if unknown)
+    size_mb: float
+    fault: str | None = None
+    phases: dict = field(default_factory=dict)
 
 
-def _inject_fault(kind: str, attention: str, step: int, loss):
-    if kind == "raise":
-        raise RuntimeError(f"injected fault in {attention}")
-    if kind == "oom" and step >= 1:
-        raise torch.OutOfMemoryError("CUDA out of memory. (injected)")
-    if kind == "sleep":
-        time.sleep(float(os.environ.get("AB_FAULT_SLEEP_S", "0.5")))
-    if kind == "nan" and step >= 1:
-        return loss * math.nan
-    return loss
+def load_batches(cfg: Config, run: dict):
+    """The run's batches: made once by the sweep's parent (a file; in memory under torchrun), or here."""
+    if run.get("data"):
+        saved = run["data"] if isinstance(run["data"], dict) else torch.load(run["data"])
+        return saved["batches"], saved["stats"]
+    return data.make_batches(cfg, get_tokenizer(cfg.offline), run["seq_len"], run["batch_size"],
+                             cfg.batches_per_epoch)
 
 
-class StepTimer:
-    """forward/backward/optimizer times: CUDA events on GPU (no sync inside the step), perf_counter on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def mark(self):
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
-
-    def seconds(self, a, b) -> float:  # call after the step's synchronize
-        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
+def to_device(batches: list[dict], device) -> tuple[list[dict], list[int]]:
+    """Batches on the device, and their real-token counts. No mask for a batch without padding:
+    the model then needs no per-step check (a GPU sync)."""
+    real = [int(b["attention_mask"].sum()) for b in batches]  # counted on the host, before the loop
+    batches = [{k: v for k, v in b.items() if k != "attention_mask" or r < v.numel()}
+               for b, r in zip(batches, real)]
+    return [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches], real
 
 
-def train_step(model, batch, opt, scaler, dtype, timer, attention, step, fault=None):
-    autocast = torch.autocast("cuda" if timer.cuda else "cpu", dtype=dtype, enabled=dtype != torch.float32)
-    t0 = timer.mark()
-    with autocast:
-        loss = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                     labels=batch["labels"]).loss
-    if "loss_weight" in batch:  # torchrun with padding: this rank's share of the global token mean
-        loss = loss * batch["loss_weight"]
-    if fault:
-        loss = _inject_fault(fault, attention, step, loss)
-    t1 = timer.mark()
-    scaler.scale(loss).backward()
-    t2 = timer.mark()
-    scaler.step(opt)
-    scaler.update()
-    opt.zero_grad(set_to_none=True)
-    t3 = timer.mark()
-    return loss.detach(), (t0, t1, t2, t3)
-
-
-@torch.no_grad()
-def inference_time(model, batch, dtype, device) -> float:
-    """A no-grad forward of the same batch, timed on its own (outside the training step)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t = time.perf_counter()
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    sync()
-    return time.perf_counter() - t
-
-
-def prepare(cfg: Config, run: dict, device: torch.device):
+def prepare(cfg: Config, run: dict, device: torch.device) -> Setup:
     """Everything before the timed loop: data on the device, model, optimizer, FLOP counts."""
     t_start = time.perf_counter()
     spec = attentions.get(run["attention"])
@@ -119,42 +89,30 @@ def prepare(cfg: Config, run: dict, device: torch.device):
     if reason:
         raise Unavailable(reason)
     dtype, needs_scaler = models.pick_dtype(cfg.dtype, device)
-    T, B = run["seq_len"], run["batch_size"]
-    if run.get("data"):  # made once by the sweep's parent process (torchrun: in memory, from rank 0)
-        saved = run["data"] if isinstance(run["data"], dict) else torch.load(run["data"])
-        batches, data_stats = saved["batches"], saved["stats"]
-    else:
-        batches, data_stats = data.make_batches(cfg, data.get_tokenizer(cfg.offline), T, B, cfg.batches_per_epoch)
-    batches = distributed.shard_batches(batches)  # torchrun: this rank's rows of each global batch
-    B = batches[0]["input_ids"].shape[0]  # rows this process trains: FLOPs and kernel shape follow it
-    real = [int(b["attention_mask"].sum()) for b in batches]  # counted on the host, before the loop
-    # No mask for a batch without padding: the model then needs no per-step check (a GPU sync).
-    batches = [{k: v for k, v in b.items() if k != "attention_mask" or r < v.numel()}
-               for b, r in zip(batches, real)]
-    batches = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+    batches, data_stats = load_batches(cfg, run)
+    batches = ddp.shard_batches(batches)  # torchrun: this rank's rows of each global batch
+    T, B = run["seq_len"], batches[0]["input_ids"].shape[0]  # rows this process trains
+    batches, real = to_device(batches, device)
     model, params = models.build(run["model"], run["attention"], T, cfg.init,
                                  cfg.attention_params.get(run["attention"]), cfg.seed)
     model.to(device).train()
     c = model.config
     H, D = c.n_head, c.n_embd // c.n_head
-    kernel = spec.kernel(device, params, dtype=dtype, shape=(B, H, T, D))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=needs_scaler)
     flops = train_step_flops(c, B, T, spec.flops(B, H, T, D, params), kv_heads=params.get("kv_heads"))
-    palm = palm_flops_per_token(models.n_params(model, non_embedding=True), c.n_layer, H, D, T)
+    s = Setup(spec=spec, dtype=dtype, batches=batches, real=real, data_stats=data_stats, model=model,
+              step_model=model, params=params, kernel=spec.kernel(device, params, dtype=dtype, shape=(B, H, T, D)),
+              opt=torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device.type == "cuda"),
+              scaler=torch.amp.GradScaler(device.type, enabled=needs_scaler), flops=flops["total"],
+              palm=palm_flops_per_token(models.n_params(model, non_embedding=True), c.n_layer, H, D, T),
+              peak=peak_tflops(device, dtype), size_mb=model_size_mb(model), fault=fault_for(run["attention"]))
     t_probe = time.perf_counter()
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         model(input_ids=batches[0]["input_ids"][:1])  # eager: masks and kernel probes built before compile
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t_end = time.perf_counter()
-    wrapped = distributed.wrap_model(model, device)  # DDP under torchrun, else the model itself
-    step_model = compiled(wrapped, cfg)
-    return dict(fault=fault_for(run["attention"]), spec=spec, dtype=dtype, batches=batches, real=real, data_stats=data_stats, model=model,
-                step_model=step_model, params=params, kernel=kernel, opt=opt, scaler=scaler,
-                flops=flops["total"], palm=palm, peak=peak_tflops(device, dtype),
-                size_mb=model_size_mb(model),
-                phases=dict(setup_s=t_probe - t_start, eager_probe_s=t_end - t_probe))
+    s.phases = dict(setup_s=t_probe - t_start, eager_probe_s=time.perf_counter() - t_probe)
+    s.step_model = compiled(ddp.wrap_model(model, device), cfg)  # DDP under torchrun, else the model
+    return s
 
 
 def compiled(wrapped, cfg: Config):
@@ -163,44 +121,45 @@ def compiled(wrapped, cfg: Config):
     return torch.compile(wrapped) if cfg.compile else wrapped
 
 
-def _seeded_prepare(cfg: Config, run: dict):
+def seeded_prepare(cfg: Config, run: dict):
     """The run's device and prepare(), after seeding: the same for a measured and a warm run."""
     torch.manual_seed(cfg.seed)
-    device = distributed.local_device(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK
+    device = ddp.local_device(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK
     return device, prepare(cfg, run, device)
 
 
 def run(cfg: Config, run: dict, log=print) -> dict:
     """Train one configuration; returns {"rows", "info", "samples"}. Raises on failure."""
-    device, p = _seeded_prepare(cfg, run)
-    timer, rows = StepTimer(device), []
+    device, s = seeded_prepare(cfg, run)
     meter = Meter(device, interval_s=cfg.sample_interval_s)
     meter.start()
     try:
-        rows, energy, windows = _loop(cfg, run, p, device, timer, meter, log)
+        rows, energy, windows = loop(cfg, run, s, device, StepTimer(device), meter, log)
     finally:
         meter.stop()  # completes each step's sampled columns (power, utilisation, energy)
     for row, m in zip(rows, windows):
         row.update(m)
         row["joules_per_token"] = row["energy_j"] / row["tokens"]
         row["gpu_power_counter_w"] = row["energy_j"] / row["window_s"] if row["window_s"] > 0 else math.nan
-    measured = [r for r in rows if r["phase"] == "measure"]
-    tokens = sum(r["tokens"] for r in measured)
-    first = rows[0]["train_time_s"]
+    return {"rows": rows, "info": run_info(cfg, s, device, rows, energy, meter), "samples": meter.samples()}
+
+
+def run_info(cfg: Config, s: Setup, device, rows: list[dict], energy: float, meter: Meter) -> dict:
+    """The run's manifest entry: kernel, dtype, data, energy, FLOPs, and where its wall time went."""
+    tokens = sum(r["tokens"] for r in rows if r["phase"] == "measure")
     inference = [r["inference_time_s"] for r in rows]
-    # Where a run's wall time goes (the manifest keeps it per run; `show` prints it).
-    phases = dict(p["phases"], first_step_s=first, steps_s=sum(r["window_s"] for r in rows),
+    phases = dict(s.phases, first_step_s=rows[0]["train_time_s"], steps_s=sum(r["window_s"] for r in rows),
                   inference_s=sum(inference) if cfg.measure_inference else 0.0,
                   inference_compile_s=first_minus_median(inference)
                   if cfg.compile and cfg.measure_inference else math.nan)
-    info = dict(kernel=p["kernel"], attention_params=p["params"], dtype=str(p["dtype"]).replace("torch.", ""),
-                device=str(device), data=p["data_stats"], energy_j_run=energy,
+    info = dict(kernel=s.kernel, attention_params=s.params, dtype=str(s.dtype).replace("torch.", ""),
+                device=str(device), data=s.data_stats, energy_j_run=energy,
                 joules_per_token_run=energy / tokens if tokens else math.nan,
                 compile_time_s=first_minus_median([r["train_time_s"] for r in rows]) if cfg.compile else math.nan,
-                flops_per_step=p["flops"], palm_flops_per_token=p["palm"], peak_tflops=p["peak"],
+                flops_per_step=s.flops, palm_flops_per_token=s.palm, peak_tflops=s.peak,
                 metrics=meter.info(), phases=phases, compile_cache=compile_cache())
     info["idle_power_w"] = info["metrics"].get("idle_power_w", math.nan)
-    return {"rows": rows, "info": info, "samples": meter.samples()}
+    return info
 
 
 def compile_cache() -> dict:
@@ -219,90 +178,60 @@ def first_minus_median(times: list[float]) -> float:
 
 
 def warm(cfg: Config, run: dict) -> dict:
-    """Fill torch.compile's on-disk caches for this run (sweep.py's precompile phase): the same
+    """Fill torch.compile's on-disk caches for this run (the sweep's precompile phase): the same
     prepare(), one training step and one no-grad forward, nothing measured. Graphs are keyed on
     code and shapes, so the measured run that follows loads them instead of compiling again."""
     t0 = time.perf_counter()
-    device, p = _seeded_prepare(cfg, run)
-    batch = p["batches"][0]
-    train_step(p["step_model"], batch, p["opt"], p["scaler"], p["dtype"], StepTimer(device), run["attention"], 0)
+    device, s = seeded_prepare(cfg, run)
+    batch = s.batches[0]
+    train_step(s.step_model, batch, s.opt, s.scaler, s.dtype, StepTimer(device), run["attention"], 0)
     if cfg.measure_inference:
-        inference_time(p["step_model"], batch, p["dtype"], device)
+        inference_time(s.step_model, batch, s.dtype, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return {"rows": [], "samples": [], "info": {"warm_s": time.perf_counter() - t0, "compile_cache": compile_cache()}}
 
 
-def _loop(cfg, run, p, device, timer, meter, log):
-    rows, windows, n, e0 = [], [], len(p["batches"]), math.nan
+def loop(cfg: Config, run: dict, s: Setup, device, timer: StepTimer, meter: Meter, log):
+    """The timed steps, each inside the meter's window; then the timed inference forwards."""
+    rows, windows, n, e0 = [], [], len(s.batches), math.nan
     total = n * cfg.epochs
     every = max(1, total // 5)
-    for epoch in range(cfg.epochs):
-        for b, batch in enumerate(p["batches"]):
-            step = epoch * n + b
-            phase = "warmup" if step < cfg.warmup_steps else "measure"
-            if step == cfg.warmup_steps:
-                e0 = meter.energy_counter_j()
-            with meter.step() as m:
-                loss, marks = train_step(p["step_model"], batch, p["opt"], p["scaler"], p["dtype"], timer,
-                                         run["attention"], step, p["fault"])
-                if device.type == "cuda":
-                    torch.cuda.synchronize()  # closes the step's measurement window
-            loss = float(distributed.global_loss(loss))  # torchrun: the whole global batch's loss
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(f"loss is {loss} at step {step}")
-            rows.append(_row(run, p, epoch, b, step, phase, loss, marks, timer, batch))
-            windows.append(m)
-            if (step + 1) % every == 0 or step + 1 == total:
-                r = rows[-1]
-                log(f"    step {step + 1}/{total} [{phase}] loss {loss:.3f}  {r['train_time_s']:.3f} s  "
-                    f"{r['tokens_per_s']:,.0f} tokens/s", flush=True)
+    for step in range(total):
+        epoch, b = divmod(step, n)
+        phase = "warmup" if step < cfg.warmup_steps else "measure"
+        if step == cfg.warmup_steps:
+            e0 = meter.energy_counter_j()
+        with meter.step() as m:
+            loss, marks = train_step(s.step_model, s.batches[b], s.opt, s.scaler, s.dtype, timer,
+                                     run["attention"], step, s.fault)
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # closes the step's measurement window
+        loss = float(ddp.global_loss(loss))  # torchrun: the whole global batch's loss
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss} at step {step}")
+        rows.append(row(run, s, epoch, b, step, phase, loss, timer.parts(marks)))
+        windows.append(m)
+        if (step + 1) % every == 0 or step + 1 == total:
+            r = rows[-1]
+            log(f"    step {step + 1}/{total} [{phase}] loss {loss:.3f}  {r['train_time_s']:.3f} s  "
+                f"{r['tokens_per_s']:,.0f} tokens/s", flush=True)
     energy = meter.energy_counter_j() - e0  # the measured training phase, nothing else in between
-    for row in rows:  # inference timed after training so it never sits inside the energy window
-        row["inference_time_s"] = inference_time(p["step_model"], p["batches"][row["batch"]], p["dtype"],
-                                                 device) if cfg.measure_inference else math.nan
+    for r in rows:  # inference timed after training so it never sits inside the energy window
+        r["inference_time_s"] = inference_time(s.step_model, s.batches[r["batch"]], s.dtype, device) \
+            if cfg.measure_inference else math.nan
     return rows, energy, windows
 
 
-def _row(run, p, epoch, b, step, phase, loss, marks, timer, batch):
-    t0, t1, t2, t3 = marks
-    fwd, bwd, opt, train = (timer.seconds(t0, t1), timer.seconds(t1, t2), timer.seconds(t2, t3),
-                            timer.seconds(t0, t3))
-    tokens = batch["input_ids"].numel()
+def row(run: dict, s: Setup, epoch: int, b: int, step: int, phase: str, loss: float, times) -> dict:
+    """One batches.csv row (the meter's sampled columns are added after the run)."""
+    fwd, bwd, opt, train = times
+    tokens = s.batches[b]["input_ids"].numel()
     tps = tokens / train
-    tflops = p["flops"] / train / 1e12
-    row = dict(run_id=run["run_id"], model=run["model"], attention=run["attention"], kernel=p["kernel"],
-               seq_len=run["seq_len"], batch_size=run["batch_size"], repeat=run.get("repeat", 0),
-               epoch=epoch, batch=b, step=step, phase=phase, flops=p["flops"], loss=loss,
-               inference_time_s=math.nan, model_size_mb=p["size_mb"], train_time_s=train,
-               forward_time_s=fwd, backward_time_s=bwd, optimizer_time_s=opt, tokens=tokens,
-               real_tokens=p["real"][b], tokens_per_s=tps, tflops_per_s=tflops,
-               mfu=p["palm"] * tps / (p["peak"] * 1e12))
-    return row
-
-
-def main(spec_path: str, out_path: str) -> int:
-    """Worker: run one configuration, write {status, reason, ...} atomically to out_path."""
-    from transformers.utils import logging as hf_logging
-    from results import write_json
-    hf_logging.set_verbosity_error()
-    spec = json.load(open(spec_path))
-    cfg, run_ = Config.from_dict(spec["config"]), dict(spec["run"], data=spec.get("data"))
-    result = {"status": "error", "reason": "", "rows": [], "info": {}, "samples": []}
-    try:
-        result.update((warm if spec.get("warm") else run)(cfg, run_), status="ok")
-    except Unavailable as e:
-        result.update(status="unavailable", reason=str(e))
-    except torch.OutOfMemoryError as e:
-        result.update(status="oom", reason=str(e).splitlines()[0][:300])
-    except NonFiniteLoss as e:
-        result.update(status="nan", reason=str(e))
-    except Exception as e:  # any other failure is a result too; the sweep goes on
-        tb = traceback.format_exc().strip().splitlines()
-        result.update(status="error", reason=f"{type(e).__name__}: {e}"[:500], traceback="\n".join(tb[-12:]))
-    write_json(out_path, result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    return dict(run_id=run["run_id"], model=run["model"], attention=run["attention"], kernel=s.kernel,
+                seq_len=run["seq_len"], batch_size=run["batch_size"], repeat=run.get("repeat", 0),
+                epoch=epoch, batch=b, step=step, phase=phase, flops=s.flops, loss=loss,
+                inference_time_s=math.nan, model_size_mb=s.size_mb, train_time_s=train,
+                forward_time_s=fwd, backward_time_s=bwd, optimizer_time_s=opt, tokens=tokens,
+                real_tokens=s.real[b], tokens_per_s=tps, tflops_per_s=s.flops / train / 1e12,
+                mfu=s.palm * tps / (s.peak * 1e12), attention_density=s.spec.density(run["seq_len"], s.params))

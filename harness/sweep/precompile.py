@@ -21,7 +21,7 @@ import time
 
 import attentions
 from config import Config
-from scaleout import poll_child, pin_env
+from harness.sweep import processes
 
 
 def workers(cfg: Config, n_runs: int, gpu_count: int) -> int:
@@ -61,15 +61,16 @@ def run_phase(sweep, todo: list[dict], gpus: list[int] | None = None, poll_s: fl
         while queue or active:
             while queue and len(active) < n:
                 run = queue.pop(0)
-                _, _, log_path = sweep._files(run, warm=True)
-                pin = pin_env(gpus[started % len(gpus)]) if gpus else None
+                _, _, log_path = processes.run_files(sweep.folder, run, warm=True)
+                pin = processes.pin_env(gpus[started % len(gpus)]) if gpus else None
                 started += 1
-                active[run["run_id"]] = (run, sweep._launch(run, pin, log_path=log_path, warm=True),
-                                         time.perf_counter())
+                t0 = time.perf_counter()
+                active[run["run_id"]] = (run, processes.start(sweep.folder, sweep.cfg, run, pin, log_path=log_path,
+                                                              warm=True), t0)
             time.sleep(poll_s)
             for rid in list(active):
                 run, proc, t0 = active[rid]
-                res = poll_child(sweep, run, proc, t0, warm=True)
+                res = processes.poll(sweep.folder, run, proc, t0, sweep.cfg.timeout_s, warm=True)
                 if res is None:
                     continue
                 del active[rid]
@@ -81,7 +82,7 @@ def run_phase(sweep, todo: list[dict], gpus: list[int] | None = None, poll_s: fl
                     f"{res['status']} in {record[rid]['wall_s']:.0f} s", flush=True)
     except KeyboardInterrupt:
         for _, proc, _ in active.values():
-            sweep.stop(proc, kill=True)
+            processes.stop(proc, kill=True)
         raise
     wall = time.perf_counter() - t_start
     log(f"precompile: done in {wall:.0f} s; the runs now start from warm caches", flush=True)

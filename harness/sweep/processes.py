@@ -1,26 +1,32 @@
-"""Each run in a fresh process, without paying the imports every time.
+"""A run's process: its files in .runs/, its start, its end, its result.
 
-A run's process used to start as `python train.py ...`, spending about 8 s of a 2-core machine
-importing torch and transformers before doing anything (most of the smoke preset's time, and
-about a minute of a nine-run sweep on a GPU host). Now a fork server (multiprocessing's
-"forkserver": a clean process started once per sweep) imports them once and forks one child per
-run. The child is still a fresh process: the server never initialises CUDA, builds no model and
-allocates nothing, so allocator state, compile caches and peak-memory counters start empty in
-every run, exactly as before. AB_LAUNCH=exec falls back to one `python train.py` per run.
+Each run is a fresh process, without paying the imports every time: a fork server
+(multiprocessing's "forkserver", a clean process started once per sweep) imports torch and
+transformers once (about 8 s on a 2-core machine) and forks one child per run. The child is
+still a fresh process: the server never initialises CUDA, builds no model and allocates
+nothing, so allocator state, compile caches and peak-memory counters start empty in every run.
+AB_LAUNCH=exec starts `python -m harness.run.worker SPEC RESULT` instead.
+
+The child writes RESULT atomically; a child that dies without one becomes an error status
+saying how it died, and one that outlives its deadline (counted from before its launch) is
+killed and becomes a timeout.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from attentions.registry import ORDER as ATTENTION_FILES  # every mechanism file
+from attentions.order import ORDER as ATTENTION_FILES  # every mechanism file
+from harness.store import nan_for_null, write_json
 
-ROOT = Path(__file__).resolve().parent
-PRELOAD = ["torch", "transformers", "transformers.models.gpt2.modeling_gpt2", "train",
+ROOT = Path(__file__).resolve().parents[2]
+PRELOAD = ["torch", "transformers", "transformers.models.gpt2.modeling_gpt2", "harness.run.worker",
            *(f"attentions.{name}" for name in ATTENTION_FILES)]
 _CONTEXT = None
 
@@ -48,8 +54,11 @@ def _context():
 
 
 def _child(spec: str, out: str, env: dict, log_path: str | None) -> None:
-    """The run's process: the sweep's environment, its own output file if asked, then train.main."""
+    """The run's process: the sweep's environment, its own output file if asked, then the worker."""
     die_with_parent()
+    # Ctrl-C reaches the whole process group; the sweep stops its child itself, so a child just
+    # exits (no traceback): the parent says what happened once.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     os.environ.clear()
     os.environ.update(env)  # CUDA_VISIBLE_DEVICES is read when CUDA starts, which is after this
     if log_path:
@@ -57,10 +66,10 @@ def _child(spec: str, out: str, env: dict, log_path: str | None) -> None:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
     if env.get("HF_HUB_OFFLINE") == "1":
-        from data import _set_offline_env  # the hub libraries were imported before this env
-        _set_offline_env()
-    import train
-    sys.exit(train.main(spec, out))
+        from harness.run.tokenizer import set_offline_env  # the hub libraries were imported before this env
+        set_offline_env()
+    from harness.run import worker
+    sys.exit(worker.main(spec, out))
 
 
 class Child:
@@ -80,7 +89,7 @@ class Child:
     def wait(self, timeout=None):
         self.process.join(timeout)
         if self.process.exitcode is None:
-            raise subprocess.TimeoutExpired("train.py", timeout)
+            raise subprocess.TimeoutExpired("harness.run.worker", timeout)
         return self.process.exitcode
 
     def send_signal(self, sig) -> None:
@@ -94,14 +103,87 @@ class Child:
 def launch(spec: Path, out: Path, env: dict, log_path: Path | None = None):
     """Start one run's process; returns a Popen-like handle."""
     if os.environ.get("AB_LAUNCH") == "exec":
-        cmd = [sys.executable, str(ROOT / "train.py"), str(spec), str(out)]
+        cmd = [sys.executable, "-m", "harness.run.worker", str(spec), str(out)]
         if log_path is None:
-            return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+            return subprocess.Popen(cmd, env=env, cwd=ROOT, preexec_fn=die_with_parent)
         with open(log_path, "w") as log:  # the child holds its own copy of the descriptor
-            return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent, stdout=log,
+            return subprocess.Popen(cmd, env=env, cwd=ROOT, preexec_fn=die_with_parent, stdout=log,
                                     stderr=subprocess.STDOUT)
     sys.stdout.flush()
     process = _context().Process(target=_child, args=(str(spec), str(out), dict(env),
                                                       str(log_path) if log_path else None))
     process.start()
     return Child(process)
+
+
+# -- one run's process, from its files to its result ---------------------------------------------
+
+
+def run_files(folder: Path, run: dict, warm: bool = False) -> tuple[Path, Path, Path]:
+    """(spec, result, log) of a run's process in .runs/; a precompile process has its own."""
+    stem = Path(folder) / ".runs" / (run["run_id"] + (".warm" if warm else ""))
+    return (stem.with_name(stem.name + ".spec.json"), stem.with_name(stem.name + ".result.json"),
+            stem.with_name(stem.name + ".log"))
+
+
+def start(folder: Path, cfg, run: dict, env_extra: dict | None = None, log_path: Path | None = None,
+          warm: bool = False):
+    """Start one run's process; env_extra pins a GPU (the pool), log_path takes its output
+    (side-by-side runs would interleave on the terminal), warm makes it a precompile process."""
+    (Path(folder) / ".runs").mkdir(exist_ok=True)
+    spec, out, _ = run_files(folder, run, warm)
+    out.unlink(missing_ok=True)
+    data = Path(folder) / ".runs" / f"data_T{run['seq_len']}_B{run['batch_size']}.pt"
+    write_json(spec, dict(config=cfg.to_dict(), run=run, warm=warm, data=str(data) if data.exists() else None))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    if cfg.offline:
+        env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return launch(spec, out, env, log_path)
+
+
+def collect(folder: Path, run: dict, rc: int, warm: bool = False) -> dict:
+    """The result a finished child wrote, or an error status saying how it died."""
+    spec, out, log = run_files(folder, run, warm)
+    if out.exists():
+        res = json.loads(out.read_text())
+        res["rows"], res["samples"] = nan_for_null(res.get("rows") or []), nan_for_null(res.get("samples") or [])
+        out.unlink()
+        spec.unlink(missing_ok=True)
+        return res
+    why = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
+    where = f"; its output is in {log}" if log.exists() else ""
+    return dict(status="error", reason=f"run process died without a result ({why}){where}")
+
+
+def stop(proc, kill: bool = False) -> None:
+    """Ctrl-C or SIGTERM: SIGINT first so the child can exit cleanly, then SIGKILL; timeout: SIGKILL."""
+    if not kill:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait()
+
+
+def poll(folder: Path, run: dict, proc, t_launch: float, timeout_s: float | None,
+         warm: bool = False) -> dict | None:
+    """A finished child's result, a timeout status once timeout_s have passed since t_launch
+    (time.perf_counter() before the launch: a fork server's start counts too), or None while it runs."""
+    rc = proc.poll()
+    if rc is not None:
+        return collect(folder, run, rc, warm=warm)
+    if timeout_s is not None and time.perf_counter() - t_launch > timeout_s:
+        stop(proc, kill=True)
+        return dict(status="timeout", reason=f"no result within {timeout_s:g} s of its launch")
+    return None
+
+
+def pin_env(gpu: int) -> dict:
+    """The child's environment for GPU `gpu`: one visible device. An index into the parent's own
+    CUDA_VISIBLE_DEVICES if it has one; PCI bus order (nvidia-smi's) unless the user chose one."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return {"CUDA_VISIBLE_DEVICES": visible[gpu] if visible else str(gpu),
+            "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")}

@@ -1,0 +1,43 @@
+"""`python main.py show [N|DIR]` and the notebook's third cell: a result printed from its files
+alone (the plots are drawn from the CSVs if the folder has none)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from harness.report import breakdown
+from harness.report.display import display
+from harness.report.markdown import make_plots, plot_rank
+from harness.report.results import NoResults, latest, load
+from harness.report.tables import failures, not_measured, summary_table
+
+
+def show(n=1, root="results", all_plots: bool = False) -> None:
+    """Print the n-th latest result (or the folder n) and show its plots, from its files alone.
+    On a first visit (no results yet) say how to make one instead of raising."""
+    try:
+        folder = Path(n) if isinstance(n, (str, os.PathLike)) else latest(root, n)
+    except NoResults as e:
+        print(f"no results yet: run cell 4 (or `python main.py`) first. ({e})")
+        return
+    r = load(folder)
+    env, m = r.manifest.get("environment", {}), r.manifest
+    print(f"{folder}\n  preset {m.get('preset')}, created {m.get('created')}, "
+          f"{'finished ' + str(m['finished']) if m.get('finished') else 'NOT finished'}; "
+          f"GPU {env.get('gpu') or 'none'}; torch {env.get('torch')}; git {str(m.get('git_commit'))[:10]}")
+    print("  runs: " + ", ".join(f"{v} {k}" for k, v in summary_table(r).status.value_counts().items()))
+    if breakdown.sweep_time(m):
+        print(f"  {breakdown.sweep_time(m)}")
+    if not m.get("finished"):
+        print(f"  this sweep did not finish: `python main.py --resume {r.folder}` runs the rest")
+    display(summary_table(r))
+    by_reason: dict[str, list[str]] = {}
+    for c, why in not_measured(r).items():
+        by_reason.setdefault(why, []).append(c)
+    for why, cols in by_reason.items():
+        print(f"not measured here: {', '.join(cols)}: {why}")
+    for line in failures(r):
+        print(f"no result: {line}")
+    pngs = sorted((r.folder / "plots").glob("*.png"), key=plot_rank) or make_plots(r.folder)  # from the CSVs
+    display(images=pngs if all_plots else [p for p in pngs if p.stem in ("overview", "loss_curves")])
+    print(f"all {len(pngs)} plots in {r.folder / 'plots'}; report: {r.folder / 'report.md'}")

@@ -1,0 +1,95 @@
+"""The tables of a result: the summary (medians with units), the runs without a result, the
+metrics not measured here and why, every metric with its 95% interval; and the number format
+all of them share (4 significant digits, "-" for a missing number)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from harness.report import plots
+from harness.report.results import Result
+from metrics.catalog import METRICS, label
+
+TABLE = ["train_time_s", "tokens_per_s", "inference_time_s", "gpu_memory_mb", "memory_gb", "gpu_power_w",
+         "gpu_util_percent", "joules_per_token", "loss"]     # the readable summary's metrics
+ID = ["model", "attention", "kernel", "seq_len", "batch_size"]
+
+
+def sig(x, digits: int = 4):
+    """Round to significant digits: a table reader needs 4, not 17."""
+    return float(f"{x:.{digits}g}") if isinstance(x, float) and math.isfinite(x) else x
+
+
+def in_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows by model (plan order), seq_len, attention (registry order): the order of every table."""
+    rank = {a: i for i, a in enumerate(plots.ordered(df.attention))}
+    models = {m: i for i, m in enumerate(dict.fromkeys(df.model))}
+    keys = {"model": models, "attention": rank}
+    return df.sort_values(["model", "seq_len", "attention"], kind="stable",
+                          key=lambda c: c.map(keys[c.name]) if c.name in keys else c)
+
+
+def summary_table(result: Result, columns=TABLE) -> pd.DataFrame:
+    """One row per run (plus runs the manifest lists that never finished): ids, status, the median of
+    each key metric with its unit in the header. Metrics no run measured are left out (see not_measured)."""
+    s = result.summary.copy()
+    known = set(s.run_id)
+    extra = [r for r in result.manifest.get("runs", []) if r.get("run_id") not in known]
+    if extra:
+        s = pd.concat([s, pd.DataFrame(extra)], ignore_index=True)
+    s = in_order(s)
+    ids = [c for c in ID if c in s] + (["repeat"] if "repeat" in s and s.repeat.nunique() > 1 else [])
+    out = s[ids].copy()
+    out["status"] = s.status.to_numpy()         # why a run failed: failures(), report.md
+    for c in columns:
+        if plots.measured(s, c):
+            out[label(c)] = s[c].map(sig)
+    return out.reset_index(drop=True)
+
+
+def failures(result: Result) -> list[str]:
+    """One line per finished run without a result (oom, unavailable, ...): what, status, why."""
+    bad = result.summary[~result.summary.status.isin(["ok", "pending", "running"])]
+    rep = "repeat" in bad and result.summary.repeat.nunique() > 1
+    return [f"{x.model} {x.attention} seq_len {x.seq_len}{f' repeat {x.repeat}' if rep else ''}: {x.status}: "
+            f"{x.reason}".rstrip(": ") for x in bad.itertuples()]
+
+
+def not_measured(result: Result) -> dict[str, str]:
+    """Catalogued metrics with no value in any successful run, and why (from the manifest)."""
+    reasons = dict(result.manifest.get("metrics", {}).get("nan_reasons", {}))
+    # Derived columns inherit the reason of what they are derived from.
+    reasons.setdefault("joules_per_token", reasons.get("energy_j", ""))
+    reasons.setdefault("gpu_power_counter_w", reasons.get("energy_j", ""))
+    reasons.setdefault("mfu", "no peak FLOP/s known for this device (metrics/peak.py)")
+    return {m.column: reasons.get(m.column) or "no value in any run" for m in METRICS
+            if not plots.measured(result.summary, m.column)}
+
+
+def fmt(v) -> str:
+    """4 significant digits, no exponent between 0.001 and 10^6: 13,210 reads faster than 1.321e+04."""
+    if not isinstance(v, float):
+        return str(v)
+    if not math.isfinite(v):
+        return "-"
+    if v == 0 or not 1e-3 <= abs(v) < 1e6:
+        return f"{v:.4g}"
+    return f"{v:,.{max(0, 3 - math.floor(math.log10(abs(v))))}f}"
+
+
+def md_table(df: pd.DataFrame) -> str:
+    cells = [[fmt(v).replace("|", "/") for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+
+
+def interval_table(s: pd.DataFrame) -> pd.DataFrame:
+    """Rows = measured metrics, columns = runs: "median [lo, hi]"."""
+    ok = s[s.status == "ok"]
+    names = ok.attention + (" r" + ok.repeat.astype(str) if "repeat" in ok and ok.repeat.nunique() > 1 else "")
+    def cell(m, lo, hi):        # a constant (model size, FLOPs) has no interval to show
+        return fmt(m) if lo == hi == m else f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
+    rows = {label(c): [cell(*v) for v in zip(ok[c], ok.get(c + "_lo", ok[c]), ok.get(c + "_hi", ok[c]))]
+            for c in (m.column for m in METRICS) if plots.measured(s, c)}
+    return pd.DataFrame(rows, index=list(names)).T.reset_index(names="metric (median [95% interval])")

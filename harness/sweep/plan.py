@@ -1,0 +1,43 @@
+"""The plan of a sweep: models x seq_lens x attentions, repeated in interleaved order, and its
+deterministic shards.
+
+Repeats are interleaved (A B C A B C) so slow drift of the machine (clocks, thermals) does not
+favour one attention. A run_id keeps the run's index in the full plan, so shards (--shard I/N:
+run index % N == I-1, for a Slurm job array, Ray or Kubernetes) join back by run_id.
+"""
+from __future__ import annotations
+
+from config import Config
+from harness.errors import UserError
+
+
+def plan(cfg: Config) -> list[dict]:
+    runs = []
+    for repeat in range(cfg.repeats):
+        for m in cfg.models:
+            for t in cfg.seq_lens:
+                for a in cfg.attention_list():
+                    runs.append(dict(model=m, attention=a, seq_len=t, batch_size=cfg.batch_size_for(t),
+                                     repeat=repeat, status="pending", reason=""))
+    for i, r in enumerate(runs):
+        r["run_id"] = f"{i:03d}_{r['model']}_{r['attention']}_T{r['seq_len']}_r{r['repeat']}"
+    return runs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard: expected I/N such as 2/3, got {text!r}") from None
+    if not 1 <= i <= n:
+        raise UserError(f"--shard {text}: I must be from 1 to N (shards are numbered 1..N)")
+    return i, n
+
+
+def shard_label(shard) -> str | None:
+    return f"{shard[0]}/{shard[1]}" if shard else None
+
+
+def select_shard(runs: list[dict], shard) -> list[dict]:
+    """Runs whose index in the full plan is I-1 mod N: shards 1..N cover the plan exactly once."""
+    return runs if not shard else [r for i, r in enumerate(runs) if i % shard[1] == shard[0] - 1]

@@ -1,0 +1,56 @@
+"""A sweep from a config: tokenize once, create (or resume) the ledger, pick the launcher, run.
+
+Bad input fails before anything is written: the config is validated, the data tokenized and the
+GPUs checked before the results folder exists. The caller (main.py) writes the report after.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from config import Config
+from harness.errors import UserError
+from harness.run import ddp
+from harness.run.data import make_batches
+from harness.run.tokenizer import get_tokenizer
+from harness.sweep import torchrun
+from harness.sweep.launchers import GpuPool, OneAtATime, parse_gpus
+from harness.sweep.ledger import Sweep
+from harness.sweep.plan import plan, select_shard, shard_label
+
+
+def prepare_data(cfg: Config, runs: list[dict]) -> dict:
+    """Tokenize once in the parent, before anything is written: a bad dataset fails here."""
+    tok = get_tokenizer(cfg.offline)
+    return {key: make_batches(cfg, tok, key[0], key[1], cfg.batches_per_epoch)
+            for key in sorted({(r["seq_len"], r["batch_size"]) for r in runs})}
+
+
+def run_sweep(cfg: Config | None, resume: str | None = None, shard=None, gpus: str | None = None,
+              progress: str = "lines") -> Path | None:
+    """Run (or resume) a sweep; returns its results folder, or None when there was nothing to do
+    (an empty shard; a torchrun rank other than 0)."""
+    if resume and shard:
+        raise UserError("--shard is fixed when a sweep is created; --resume DIR continues that shard")
+    if ddp.launched():  # torchrun: every rank trains, rank 0 writes
+        if gpus:
+            parse_gpus(gpus, "cuda")  # the error that says why not
+        return torchrun.ddp_sweep(cfg, resume, shard, prepare_data)
+    if resume:
+        sweep = Sweep.resume(resume)
+        cfg = sweep.cfg
+        gpu_list = parse_gpus(gpus, cfg.device) if gpus else None
+        batches = prepare_data(cfg, sweep.pending())
+    else:
+        gpu_list = parse_gpus(gpus, cfg.device) if gpus else None
+        runs = select_shard(plan(cfg), shard)
+        if not runs:
+            print(f"shard {shard_label(shard)} holds no run of this {len(plan(cfg))}-run plan: nothing to do")
+            return None
+        batches = prepare_data(cfg, runs)
+        sweep = Sweep.create(cfg, shard=shard)
+    sweep.save_data(batches)
+    if gpu_list:
+        sweep.manifest["gpus"] = gpu_list
+    print(f"attention-bench: preset {cfg.preset}, {len(sweep.runs)} runs -> {sweep.folder}", flush=True)
+    sweep.run_all(GpuPool(gpu_list) if gpu_list else OneAtATime(progress))
+    return sweep.folder
