@@ -108,6 +108,13 @@ def get_preset(name: str) -> Config:
     return dataclasses.replace(PRESETS[name])
 
 
+def is_local_dataset(dataset: str) -> bool:
+    """A path (a file or folder here) rather than a hub id such as allenai/tulu-v2-sft-mixture."""
+    import os
+    p = os.path.expanduser(dataset)
+    return os.path.exists(p) or os.path.isabs(p) or p.startswith(".") or p.endswith((".json", ".jsonl", ".parquet"))
+
+
 def _on_cpu(device: str) -> bool:
     if device == "cpu":
         return True
@@ -115,46 +122,77 @@ def _on_cpu(device: str) -> bool:
     return device == "auto" and not torch.cuda.is_available()
 
 
-def validate(cfg: Config) -> Config:
-    """Every check of user input in one place; raises UserError naming the field."""
+def _positive_int(name: str, v) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise UserError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _check_plan(cfg: Config) -> None:
+    """Models, attentions, lengths, step counts: what the plan of runs is made of."""
     from attentions import names
     for m in cfg.models:
         if m not in MODELS:
             raise unknown("model", m, MODELS)
     if cfg.attentions != ALL:
-        if not cfg.attentions:
-            raise UserError("attentions: empty list; give at least one name or 'all'")
+        if not cfg.attentions or any(not a for a in cfg.attentions):
+            raise UserError(f"attentions: an empty name in {cfg.attentions!r}; give names, 'all' or 'single'")
         for a in cfg.attentions:
             if a not in names():
                 raise unknown("attention", a, names())
+        twice = sorted({a for a in cfg.attentions if cfg.attentions.count(a) > 1})
+        if twice:
+            raise UserError(f"attentions: {', '.join(twice)} named twice; use repeats to run a mechanism again")
     for name in ("batch_size", "batches_per_epoch", "epochs", "repeats"):
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UserError(f"{name} must be a positive integer, got {v!r}")
+        _positive_int(name, getattr(cfg, name))
     if not cfg.seq_lens or any(not isinstance(t, int) or t < 2 for t in cfg.seq_lens):
         raise UserError(f"seq_lens must be integers >= 2, got {cfg.seq_lens!r}")
     if cfg.tokens_per_batch is not None and cfg.tokens_per_batch < max(cfg.seq_lens):
         raise UserError(f"tokens_per_batch ({cfg.tokens_per_batch}) must be >= the longest seq_len "
                         f"({max(cfg.seq_lens)})")
-    if cfg.init not in ("random", "pretrained"):
-        raise unknown("init", cfg.init, ["random", "pretrained"])
-    if cfg.init == "pretrained" and max(cfg.seq_lens) > PRETRAINED_MAX_POSITIONS:
-        raise UserError(f"seq_len {max(cfg.seq_lens)} is beyond the {PRETRAINED_MAX_POSITIONS} positions "
-                        "of the pretrained GPT-2 weights; use init='random' (positions are extended)")
-    if cfg.init == "pretrained" and "tiny" in cfg.models:
-        raise UserError("models: 'tiny' has no pretrained weights; use init='random'")
     if not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0:
         raise UserError(f"warmup_steps must be an integer >= 0, got {cfg.warmup_steps!r}")
     if cfg.warmup_steps >= cfg.steps:
         raise UserError(f"warmup_steps ({cfg.warmup_steps}) must be < total steps "
                         f"(batches_per_epoch x epochs = {cfg.steps}), or nothing is measured")
+
+
+def _check_sources(cfg: Config) -> None:
+    """Weights and data: what the hub must give, and what offline cannot."""
+    if cfg.init not in ("random", "pretrained"):
+        raise unknown("init", cfg.init, ["random", "pretrained"])
+    if cfg.init == "pretrained" and cfg.offline:
+        raise UserError("init 'pretrained' loads GPT-2's weights from the Hugging Face hub, which --offline "
+                        "forbids; use init='random' offline, or drop --offline")
+    if cfg.init == "pretrained" and max(cfg.seq_lens) > PRETRAINED_MAX_POSITIONS:
+        raise UserError(f"seq_len {max(cfg.seq_lens)} is beyond the {PRETRAINED_MAX_POSITIONS} positions "
+                        "of the pretrained GPT-2 weights; use init='random' (positions are extended)")
+    if cfg.init == "pretrained" and "tiny" in cfg.models:
+        raise UserError("models: 'tiny' has no pretrained weights; use init='random'")
+    if cfg.offline and not is_local_dataset(cfg.dataset) and cfg.dataset != BASE.dataset:
+        raise UserError(f"dataset '{cfg.dataset}' is a hub id, and --offline trains on the bundled sample of "
+                        f"{BASE.dataset} only; drop --offline, or give a local .jsonl file or folder")
+
+
+def _check_device(cfg: Config) -> None:
     for name, valid in (("dtype", ["auto", "bf16", "fp16", "fp32"]), ("packing", ["pack", "pad"])):
         if getattr(cfg, name) not in valid:
             raise unknown(name, getattr(cfg, name), valid)
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise unknown("device", cfg.device, ["auto", "cpu", "cuda", "cuda:N"])
+    if cfg.device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError(f"device {cfg.device}: torch {torch.__version__} sees no CUDA GPU on this machine; "
+                            "use --device auto or cpu")
     if cfg.dtype in ("bf16", "fp16") and _on_cpu(cfg.device):
         raise UserError(f"dtype {cfg.dtype} is for GPUs; this run is on the CPU: use dtype auto or fp32")
+
+
+def validate(cfg: Config) -> Config:
+    """Every check of user input in one place; raises UserError naming the field."""
+    _check_plan(cfg)
+    _check_sources(cfg)
+    _check_device(cfg)
     if not (cfg.lr > 0):
         raise UserError(f"lr must be > 0, got {cfg.lr!r}")
     if not (0 < cfg.sample_interval_s <= 10):

@@ -126,9 +126,9 @@ def _load_all():
     _LOADED = True
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    import attentions
-    for info in pkgutil.iter_modules(attentions.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name not in ("registry", "order") and not info.name.startswith("_"):  # a helper
             # module (common.py) registers nothing on import; a new mechanism file registers itself
             importlib.import_module(f"attentions.{info.name}")

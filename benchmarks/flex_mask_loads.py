@@ -34,10 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from attention_kernels import median_time  # noqa: E402  (benchmarks/, this script's folder)
+from benchmarks.attention_kernels import median_time  # noqa: E402
 from attentions import lsh  # noqa: E402
 from attentions.common import compiled_flex  # noqa: E402
-from profile_lsh import add_size_args  # noqa: E402
+from benchmarks.profile_lsh import add_size_args  # noqa: E402
 
 BLOCK = lsh.FLEX_BLOCK
 

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from attention_kernels import median_time  # noqa: E402  (benchmarks/, this script's folder)
+from benchmarks.attention_kernels import median_time  # noqa: E402
 from attentions import lsh  # noqa: E402
 from attentions.common import StubAttention  # noqa: E402
 

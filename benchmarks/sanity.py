@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import results  # noqa: E402
+from harness import store as results  # noqa: E402
 
 ENERGY_TOLERANCE = 0.10
 NVML_ACCURACY = 0.05

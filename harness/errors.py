@@ -11,8 +11,9 @@ class UserError(ValueError):
 
 def unknown(kind: str, name: str, valid) -> UserError:
     valid = sorted(valid)
-    near = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
-    hint = f" Did you mean '{near[0]}'?" if near else ""
+    lower = {v.lower(): v for v in valid}  # GPT2 -> gpt2: case is the likeliest slip
+    near = difflib.get_close_matches(str(name).lower(), list(lower), n=1, cutoff=0.5)
+    hint = f" Did you mean '{lower[near[0]]}'?" if near else ""
     return UserError(f"unknown {kind} '{name}'. Valid: {', '.join(valid)}.{hint}")
 
 

@@ -176,7 +176,8 @@ def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
                 row[f"{m.column}_lo"] = row[f"{m.column}_hi"] = row[m.column]
             else:
                 row[m.column], row[f"{m.column}_lo"], row[f"{m.column}_hi"] = median_interval(vals)
-        for k in ("energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "wall_s"):
+        for k in ("energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "wall_s",
+                  "flops_forward", "flops_fvcore_forward"):
             row[k] = math.nan if run.get(k) is None else run[k]
         for k in ("world_size", "gpu"):  # torchrun / --gpus runs only: which ranks or GPU made the row
             if any(k in r for r in runs):

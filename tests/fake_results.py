@@ -7,14 +7,12 @@ grows as T^2, linear as T, bigger models are slower, loss falls, warm-up steps a
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from metrics.catalog import ID_COLUMNS, METRICS  # noqa: E402
+from metrics.catalog import ID_COLUMNS, METRICS
 
 SPEED = {"baseline": 1.0, "sdpa": 0.7, "flash": 0.5, "flex": 0.6, "flex_sparse": 0.45,
          "sliding_window": 0.4, "linear": 0.35, "lsh": 0.9, "gqa": 0.65, "tiny": 1.0}

@@ -411,7 +411,7 @@ def test_lsh_flex_path_compiles_whole_in_the_model_and_trains_like_the_matmul_pa
     """impl=flex inside torch.compile(model, fullgraph=True) (the loss outside: transformers logs a
     warning in its loss function, a graph break of its own): the layout, block mask and flex call
     make one graph, with right padding, and the loss and every gradient equal impl=matmul's."""
-    import model as models
+    from harness.run import model as models
     ids = tokens(length=256).cuda()
     mask = torch.ones_like(ids)
     mask[0, 200:] = 0
@@ -460,7 +460,7 @@ def test_every_mechanism_trains_in_bf16_on_cuda(name):
 def test_lsh_compiles_without_graph_breaks_or_per_layer_recompiles():
     """On the H200 LSH hashed with a torch.Generator inside the compiled graph: a graph break,
     then one recompile per layer until dynamo's limit, then eager. Rotations are a buffer now."""
-    import model as models
+    from harness.run import model as models
     m, _ = models.build("tiny", "lsh", 128)
     x = torch.randint(0, 50257, (1, 128))
     with torch.no_grad():

@@ -1,14 +1,10 @@
 """The attention benchmarks on CPU, tiny: every row is written, ratios are computed from them,
 and the lsh profiler names its implementations' times and top ops (the GPU runs are the device's)."""
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import attention_kernels  # noqa: E402
-import profile_lsh  # noqa: E402
+from benchmarks import attention_kernels, profile_lsh
 
 
 def test_kernel_benchmark_writes_every_row_and_the_target_ratios(tmp_path, capsys):
@@ -50,7 +46,7 @@ def test_flex_mask_loads_masks_and_layouts_agree_at_every_query():
     """lsh's flex mask_mod went from five int64/bool loads to two int32 ones (48x faster forward on
     the H200), then from the slot layout to compact rows: every query gets the same output from
     all three (eager flex on CPU)."""
-    import flex_mask_loads
+    from benchmarks import flex_mask_loads
     lines = flex_mask_loads.main(["--device", "cpu", "--tokens", "512", "--T", "256", "--repeats", "1"])
     assert len(lines) == 7 and all("sparsity" in line for line in lines[1:5])
     assert lines[-2] == "max |five loads - two loads| over the queries: 0"

@@ -25,7 +25,15 @@ BAD = [
     (["--preset", "smoke", "--epochs", "0"], "epochs", None),
     (["--preset", "smoke", "--seq-len", "1"], "seq_lens", None),
     (["--preset", "smoke", "--seq-len", "abc"], "integers", None),
-    (["--preset", "smoke", "--model", "gpt2", "--init", "pretrained", "--seq-len", "2048"], "1024 positions", None),
+    (["--preset", "fast_test", "--init", "pretrained", "--seq-len", "2048"], "1024 positions", None),
+    (["--preset", "smoke", "--model", "GPT2"], "unknown model 'GPT2'", "gpt2"),
+    (["--preset", "smoke", "--init", "pretrained"], "which --offline forbids", None),
+    (["--preset", "smoke", "--dataset", "allenai/other-dataset"], "is a hub id", None),
+    (["--preset", "smoke", "--attention", ""], "an empty name", None),
+    (["--preset", "smoke", "--attention", "sdpa,,linear"], "an empty name", None),
+    (["--preset", "smoke", "--attention", "sdpa,sdpa"], "sdpa named twice", None),
+    (["--preset", "smoke", "--device", "cuda"], "sees no CUDA GPU", None),
+    (["--preset", "smoke", "--device", "cuda:1"], "sees no CUDA GPU", None),
     (["--preset", "smoke", "--warmup", "4"], "warmup_steps", None),
     (["--preset", "smoke", "--device", "tpu"], "unknown device", None),
     (["--preset", "smoke", "--dtype", "bf16"], "dtype bf16 is for GPUs", None),
@@ -103,3 +111,22 @@ def test_validation_names_the_field():
     cfg.lr = 0
     with pytest.raises(UserError, match="lr"):
         config.validate(cfg)
+
+
+@pytest.mark.parametrize("command", ["show", "compare", "merge", None])
+def test_every_subcommand_has_its_own_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main.main(([command] if command else []) + ["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and f"usage: main.py{' ' + command if command else ''}" in out
+    if command is None:  # the top-level help names the subcommands, --resume and the exit codes
+        assert all(word in out for word in ("show", "compare", "merge", "--resume", "Exit codes", "143"))
+
+
+def test_show_piped_into_a_closed_reader_ends_quietly(tmp_path):
+    """`main.py show | head -1`: no BrokenPipeError traceback."""
+    from fake_results import make_results
+    make_results(tmp_path / "r")
+    p = subprocess.run(f"{sys.executable} main.py show --root {tmp_path / 'r'} | head -1", shell=True, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.stdout.strip() and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr

@@ -14,9 +14,8 @@ import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"  # a hub call must never hang a test
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import data  # noqa: E402
+from harness.run import data, tokenizer  # noqa: E402
 from config import Config  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 
@@ -49,7 +48,7 @@ def bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[byte
         parts[i:i + 2] = [parts[i] + parts[i + 1]]
 
 
-def write_hf_tokenizer(folder, vocab_file=data.VOCAB_FILE):
+def write_hf_tokenizer(folder, vocab_file=tokenizer.VOCAB_FILE):
     """vocab.json + merges.txt, the Hugging Face form of GPT-2's tokenizer, from a .tiktoken file."""
     ranks = {}
     with open(vocab_file, "rb") as f:
@@ -59,7 +58,7 @@ def write_hf_tokenizer(folder, vocab_file=data.VOCAB_FILE):
     char = bytes_to_unicode()
     text = {tok: "".join(char[b] for b in tok) for tok in ranks}
     vocab = {text[tok]: rank for tok, rank in ranks.items()}
-    vocab[data.EOS_TEXT] = data.EOS_ID
+    vocab[tokenizer.EOS_TEXT] = tokenizer.EOS_ID
     merges = []
     for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         if len(tok) > 1:
@@ -80,7 +79,7 @@ def hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok():
-    return data.get_tokenizer(offline=True)
+    return tokenizer.get_tokenizer(offline=True)
 
 
 def write_jsonl(path, records):
@@ -190,8 +189,8 @@ def test_unreachable_hub_says_use_offline(monkeypatch):
 
     def refuse(*args, **kwargs):
         raise OSError("network is unreachable")
-    monkeypatch.setattr(data.socket, "create_connection", refuse)
-    for call in (lambda: data.load_records(Config(offline=False), 5), lambda: data.get_tokenizer(False, "gpt2")):
+    monkeypatch.setattr(tokenizer.socket, "create_connection", refuse)
+    for call in (lambda: data.load_records(Config(offline=False), 5), lambda: tokenizer.get_tokenizer(False, "gpt2")):
         with pytest.raises(UserError, match="cannot reach the Hugging Face hub .*--offline"):
             call()
 
@@ -202,11 +201,11 @@ def test_an_empty_or_foreign_tokenizer_is_refused(tmp_path):
     (folder / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2, "<|endoftext|>": 3}))
     (folder / "merges.txt").write_text("#version: 0.2\na b\n")
     with pytest.raises(UserError, match="has 4 tokens, not GPT-2's 50257"):
-        data.get_tokenizer(False, str(folder))
+        tokenizer.get_tokenizer(False, str(folder))
 
 
 def test_hub_tokenizer_matches_the_bundled_one(hf_dir, tok):
-    hub = data.get_tokenizer(False, hf_dir)
+    hub = tokenizer.get_tokenizer(False, hf_dir)
     assert hub.source == f"local:{os.path.abspath(hf_dir)}" and hub.vocab_size == 50257
     assert all(hub.encode(s) == tok.encode(s) for s in STRINGS)
     convs = [r["messages"] for r in sample(60)]
@@ -228,7 +227,7 @@ def test_colab_path_with_a_faked_hub(tmp_path, hf_dir, tok):
     convs, stats = data.load_records(cfg, 1000)
     assert stats["source"].startswith("datasets ") and stats["records_skipped"] == {"unknown_role": 1}
     assert convs == data.load_records(dataclasses.replace(cfg, offline=True), 1000)[0]
-    hub = data.get_tokenizer(False, hf_dir)
+    hub = tokenizer.get_tokenizer(False, hf_dir)
     for packing in ("pack", "pad"):
         cfg = dataclasses.replace(cfg, packing=packing)
         online, s = data.make_batches(cfg, hub, 96, 2, 3)

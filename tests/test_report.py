@@ -1,4 +1,4 @@
-"""report.py and plots.py on fabricated results folders (tests/fake_results.py): folder listing,
+"""The reports (harness/report/) on fabricated results folders (tests/fake_results.py): folder listing,
 loading and its errors, the summary table, every plot file, bar heights read back from the
 figure, OOM marks, ratios of a comparison against hand-computed ones, report.md's links, and
 the friendly first visit of show().
@@ -13,10 +13,16 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
-import plots
-import report
-from harness.errors import UserError
 from fake_results import make_results
+from harness import store
+from harness.errors import UserError
+from harness.report import plots
+from harness.report.compare import compare
+from harness.report.markdown import make_plots, write_report
+from harness.report.notebook import latest_unfinished
+from harness.report.results import latest, list_results, load
+from harness.report.show import show
+from harness.report.tables import not_measured, summary_table
 from metrics.catalog import METRICS, label
 
 ATTS = ("baseline", "sdpa", "linear")
@@ -39,42 +45,42 @@ def drawn(root):
     """{folder name: (PNG paths, figures)}: the 2-model folder saved to PNG (once: drawing is slow),
     the others' figures only built."""
     out = {}
-    for f in report.list_results(root):
+    for f in list_results(root):
         if f.name.endswith("fixture"):
-            out[f.name] = report.make_plots(f, return_figures=True)
+            out[f.name] = make_plots(f, return_figures=True)
         else:
-            r = report.load(f)
+            r = load(f)
             out[f.name] = (None, plots.all_figures(r.summary, r.batches, r.context))
     return out
 
 
 def folder(root, stamp):
-    return next(f for f in report.list_results(root) if f.name.startswith(stamp))
+    return next(f for f in list_results(root) if f.name.startswith(stamp))
 
 
 def test_list_results_newest_first_and_latest(root):
-    names = [f.name for f in report.list_results(root)]
+    names = [f.name for f in list_results(root)]
     assert names == ["20250103-120000_cpu_smoke", "20250102-120000_cuda_sweep", "20250101-120000_cuda_fixture"]
-    assert report.latest(root).name == names[0]
-    assert report.latest(root, 2).name == names[1]
-    assert report.latest(root, 3).name == names[2]
+    assert latest(root).name == names[0]
+    assert latest(root, 2).name == names[1]
+    assert latest(root, 3).name == names[2]
 
 
 @pytest.mark.parametrize("n", [4, 0, -1])
 def test_latest_n_out_of_range(root, n):
     with pytest.raises(UserError, match="holds 3 result"):
-        report.latest(root, n)
+        latest(root, n)
 
 
 def test_missing_or_empty_root(tmp_path):
     with pytest.raises(UserError, match="nowhere"):
-        report.latest(tmp_path / "nowhere")
+        latest(tmp_path / "nowhere")
     with pytest.raises(UserError, match="no results"):
-        report.latest(tmp_path)
+        latest(tmp_path)
 
 
 def test_load(root):
-    r = report.load(folder(root, "20250101"))
+    r = load(folder(root, "20250101"))
     assert r.manifest["preset"] == "fixture"
     assert len(r.summary) == 6 and set(r.summary.status) == {"ok", "oom"}
     assert len(r.batches) == 5 * 6                   # 5 ok runs x 6 steps; the OOM run has no rows
@@ -84,21 +90,21 @@ def test_load(root):
 
 def test_load_errors_name_the_file(root, tmp_path):
     with pytest.raises(UserError, match="gone"):
-        report.load(tmp_path / "gone")
+        load(tmp_path / "gone")
     bad = shutil.copytree(folder(root, "20250101"), tmp_path / "bad")
     (bad / "batches.csv").unlink()
     with pytest.raises(UserError, match="batches.csv"):       # a summary without its batches
-        report.load(bad)
+        load(bad)
     (bad / "batches.csv").write_text("")
     (bad / "summary.csv").write_text("run_id,model\n1,2,3,4\n")
     with pytest.raises(UserError, match="summary.csv"):
-        report.load(bad)
+        load(bad)
     (bad / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="manifest.json"):
-        report.load(bad)
+        load(bad)
     (bad / "manifest.json").unlink()
     with pytest.raises(UserError, match="manifest.json"):
-        report.load(bad)
+        load(bad)
 
 
 def test_sweep_stopped_before_its_first_run_ended(root, tmp_path, capsys):
@@ -110,17 +116,17 @@ def test_sweep_stopped_before_its_first_run_ended(root, tmp_path, capsys):
     for run in m["runs"]:
         run["status"] = "pending"
     (f / "manifest.json").write_text(json.dumps(m))
-    r = report.load(f)
-    assert len(r.summary) == 6 and set(report.summary_table(r).status) == {"pending"}
-    assert report.make_plots(f) == []
-    report.show(1, tmp_path)
+    r = load(f)
+    assert len(r.summary) == 6 and set(summary_table(r).status) == {"pending"}
+    assert make_plots(f) == []
+    show(1, tmp_path)
     out = capsys.readouterr().out
     assert "6 pending" in out and "--resume" in out
 
 
 def test_summary_table(root):
-    r = report.load(folder(root, "20250101"))
-    t = report.summary_table(r)
+    r = load(folder(root, "20250101"))
+    t = summary_table(r)
     assert len(t) == 6
     assert {"model", "attention", "kernel", "seq_len", "status", label("train_time_s"), label("gpu_power_w")} <= set(t)
     assert label("mfu") not in t                     # measured by no run: left out, listed by not_measured
@@ -139,7 +145,7 @@ def test_summary_table_lists_unfinished_runs(root, tmp_path):
     m["runs"].append(dict(run_id="x", model="gpt2", attention="gqa", seq_len=512, batch_size=2, repeat=0,
                           status="pending", reason=""))
     (f / "manifest.json").write_text(json.dumps(m))
-    t = report.summary_table(report.load(f))
+    t = summary_table(load(f))
     assert t[t.attention == "gqa"].status.item() == "pending"
 
 
@@ -156,20 +162,20 @@ def expected_stems(r):
 def test_every_plot_file_exists(root, drawn):
     f = folder(root, "20250101")
     paths, figs = drawn[f.name]
-    assert {p.stem for p in paths} == set(figs) == expected_stems(report.load(f))
+    assert {p.stem for p in paths} == set(figs) == expected_stems(load(f))
     assert all(p.is_file() and p.stat().st_size > 10_000 for p in paths)
     assert sorted(p.name for p in (f / "plots").glob("*.png")) == sorted(p.name for p in paths)
     sweep = folder(root, "20250102")
-    assert set(drawn[sweep.name][1]) == expected_stems(report.load(sweep))
+    assert set(drawn[sweep.name][1]) == expected_stems(load(sweep))
     assert {"scaling_train_time_s", "scaling_gpu_memory_mb", "scaling_joules_per_token"} <= set(drawn[sweep.name][1])
 
 
 def test_not_measured_metrics_get_no_figure(root, drawn):
-    cpu = report.load(folder(root, "20250103"))
+    cpu = load(folder(root, "20250103"))
     stems = set(drawn[cpu.folder.name][1])
     assert "bar_gpu_power_w" not in stems and "batches_gpu_power_w" not in stems
     assert "bar_train_time_s" in stems
-    missing = report.not_measured(cpu)
+    missing = not_measured(cpu)
     assert "NVML" in missing["gpu_power_w"] and "NVML" in missing["joules_per_token"]
 
 
@@ -180,7 +186,7 @@ def bars(fig):
 
 
 def test_bar_heights_equal_summary_medians(root, drawn):
-    r = report.load(folder(root, "20250101"))
+    r = load(folder(root, "20250101"))
     fig = drawn[r.folder.name][1]["bar_train_time_s"]
     got = bars(fig)
     ok = r.summary[r.summary.status == "ok"]
@@ -194,7 +200,7 @@ def test_bar_heights_equal_summary_medians(root, drawn):
 
 
 def test_bar_heights_with_repeats_are_median_of_repeats(root, drawn):
-    r = report.load(folder(root, "20250102"))
+    r = load(folder(root, "20250102"))
     got = bars(drawn[r.folder.name][1]["bar_loss"])
     for (m, t, a), g in r.summary[r.summary.status == "ok"].groupby(["model", "seq_len", "attention"]):
         assert got[f"{m}|{t}|{a}"][0] == pytest.approx(g.loss.median(), rel=1e-12)
@@ -212,7 +218,7 @@ def test_scaling_plot_marks_oom(root, drawn):
 def test_compare_ratios_equal_hand_computed(root, tmp_path, capsys):
     a = folder(root, "20250101")
     b = make_results(tmp_path, stamp="20250105-120000", seed=7)   # same plan, other noise
-    table = report.compare([a, b], out=tmp_path / "cmp", show=True)
+    table = compare([a, b], out=tmp_path / "cmp", show=True)
     sa = pd.read_csv(a / "summary.csv").set_index(["model", "attention"])
     sb = pd.read_csv(b / "summary.csv").set_index(["model", "attention"])
     ok = table[table.status == "ok"]
@@ -228,17 +234,17 @@ def test_compare_ratios_equal_hand_computed(root, tmp_path, capsys):
 
 def test_compare_needs_something_in_common(root):
     with pytest.raises(UserError, match="nothing to compare"):
-        report.compare([folder(root, "20250101"), folder(root, "20250103")], show=False)
+        compare([folder(root, "20250101"), folder(root, "20250103")], show=False)
 
 
 def test_compare_latest_two_or_say_why(root, tmp_path, capsys):
-    assert report.compare(None, tmp_path) is None
+    assert compare(None, tmp_path) is None
     assert "needs two results" in capsys.readouterr().out
 
 
 def test_write_report_links_every_plot(root, drawn, tmp_path):
     f = folder(root, "20250101")
-    md = report.write_report(f).read_text()
+    md = write_report(f).read_text()
     for p in drawn[f.name][0]:
         assert f"](plots/{p.name})" in md
     assert label("train_time_s") in md and "CUDA out of memory" in md and "mfu" in md
@@ -247,24 +253,24 @@ def test_write_report_links_every_plot(root, drawn, tmp_path):
 
 def test_write_report_regenerates_from_the_csvs(root, tmp_path):
     g = shutil.copytree(folder(root, "20250103"), tmp_path / "r")    # the small CPU one: no plots yet
-    md = report.write_report(g).read_text()
+    md = write_report(g).read_text()
     stems = {p.stem for p in (g / "plots").glob("*.png")}
-    assert stems == expected_stems(report.load(g))
+    assert stems == expected_stems(load(g))
     assert md.count("](plots/") == len(stems) and "not measured" in md.lower()
 
 
 def test_show_first_visit_is_friendly(tmp_path, capsys):
-    report.show(1, tmp_path / "results")
-    report.show(1, tmp_path)
+    show(1, tmp_path / "results")
+    show(1, tmp_path)
     out = capsys.readouterr().out
     assert out.count("no results yet: run cell 4") == 2
 
 
 def test_show_prints_without_redrawing(root, drawn, capsys):
-    f = report.latest(root, 3)
+    f = latest(root, 3)
     before = {p: p.stat().st_mtime_ns for p in (f / "plots").glob("*.png")}
     assert before
-    report.show(3, root)
+    show(3, root)
     out = capsys.readouterr().out
     assert f.name in out and label("train_time_s") in out and "not measured here: mfu" in out
     assert "no result: gpt2-medium baseline seq_len 512: oom: CUDA out of memory" in out
@@ -273,53 +279,57 @@ def test_show_prints_without_redrawing(root, drawn, capsys):
 
 # ---- the committed H200 reference results -----------------------------------------------------
 
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h200"
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
 
 
-def test_reprint_and_compare_the_committed_reference_results(tmp_path, capsys):
-    folders = report.list_results(REFERENCE)
-    assert [f.name for f in folders] == ["20261129-170049_h200_scaling", "20261129-165942_h200_fast_test",
-                                         "20261129-131849_h200_full_test", "20261129-130924_h200_full_test",
-                                         "20261129-115305_h200_scaling", "20261129-112146_h200_full_test",
-                                         "20261129-093912_h200_full_test", "20261129-093117_h200_fast_test"]
-    report.show(6, REFERENCE)  # gpt2's full_test
-    out = capsys.readouterr().out
-    assert "full_test" in out and "sdpa-cudnn" in out and "flex_sparse" in out
-    assert "precompile: 9 runs compiled 4 at a time" in out
-    for n, model in ((3, "gpt2-large"), (4, "gpt2-medium"), (6, "gpt2")):
-        table = report.summary_table(report.load(report.latest(REFERENCE, n)))
-        assert len(table) == 9 and (table["status"] == "ok").all() and set(table["model"]) == {model}
-    large = report.load(folders[2])
-    assert {r["gpu"] for r in large.manifest["runs"]} == {0, 1}  # the 2-GPU pool
-    scaling = report.summary_table(report.load(report.latest(REFERENCE, 5)))
-    assert len(scaling) == 54 and set(scaling[scaling.status == "oom"].attention) == {"baseline"}
-    lsh_scaling = report.summary_table(report.load(folders[0]))  # session 5: lsh on its flex path
-    assert len(lsh_scaling) == 6 and set(lsh_scaling.attention) == {"lsh"} and (lsh_scaling.status == "ok").all()
-    assert lsh_scaling.kernel.str.startswith("flex_attention (lsh compact rows").all()
-    ratios = report.compare([folders[7], folders[5]], REFERENCE, out=tmp_path / "cmp", show=False)
-    sa = report.load(folders[7]).summary.set_index("attention")
-    sb = report.load(folders[5]).summary.set_index("attention")
-    row = ratios[ratios["attention"] == "sdpa"].iloc[0]
-    want = sb.loc["sdpa", "train_time_s"] / sa.loc["sdpa", "train_time_s"]
+def test_every_committed_reference_result_shows_and_compares(tmp_path, capsys):
+    """Each folder under results/reference/ (read from the tree) loads, shows and has a summary
+    row per planned run; two folders of one preset, model and seq_len compare, their ratios
+    hand-checked."""
+    folders = sorted(f for sub in REFERENCE.iterdir() if sub.is_dir() for f in list_results(sub))
+    assert folders, f"no reference results under {REFERENCE}"
+    by_preset = {}
+    for f in folders:
+        r = load(f)
+        table = summary_table(r)
+        assert len(table) == len(r.manifest["runs"]) and set(table.status) <= set(store.FINAL) | {"pending"}
+        show(f, all_plots=False)
+        assert f.name in capsys.readouterr().out
+        if (table.status == "ok").any():
+            shape = tuple(sorted(set(zip(table.model, table.seq_len))))
+            by_preset.setdefault((r.manifest["preset"], shape), []).append(f)
+    pairs = [fs[:2] for fs in by_preset.values() if len(fs) >= 2]
+    assert pairs, "no two reference results of one preset and model to compare"
+    a, b = pairs[0]
+    ratios = compare([a, b], out=tmp_path / "cmp", show=False)
+    sa, sb = (load(f).summary.set_index(["model", "seq_len", "attention"]) for f in (a, b))
+    row = ratios.iloc[0]
+    key = (row["model"], row["seq_len"], row["attention"])
+    want = sb.loc[key, "train_time_s"] / sa.loc[key, "train_time_s"]
     assert row["train_time_s B/A"] == pytest.approx(want, rel=1e-3)  # compare rounds to 4 digits
 
 
 def test_latest_unfinished_finds_a_sweep_cut_off(tmp_path):
-    assert report.latest_unfinished(tmp_path / "none") is None
-    # the full_test sweep was cut off before gqa (the device time ran out): it is the one to resume
-    assert report.latest_unfinished(REFERENCE).endswith("20261129-093912_h200_full_test")
+    assert latest_unfinished(tmp_path / "none") is None
+    root = tmp_path / "r"
+    make_results(root, stamp="20250101-120000")
+    make_results(root, stamp="20250102-120000", preset="smoke", models=("tiny",), attentions=("sdpa",),
+                 seq_lens=(128,), oom=())
+    cut = next(f for f in list_results(root) if f.name.startswith("20250101"))
+    m = json.loads((cut / "manifest.json").read_text())
+    (cut / "manifest.json").write_text(json.dumps(dict(m, finished=None)))
+    assert latest_unfinished(root) == str(cut)
 
 
 def test_summary_energy_is_the_run_total_and_joules_per_token_a_ratio_of_sums():
-    import results
     rows = [dict(run_id="r", phase=ph, energy_j=e, tokens=t, train_time_s=0.1, window_s=w)
             for ph, e, t, w in [("warmup", 99.0, 100, 9.0), ("measure", 10.0, 100, 0.1),
                                 ("measure", 30.0, 100, 0.1), ("measure", 20.0, 200, 0.2)]]
     run = dict(run_id="r", model="tiny", attention="sdpa", seq_len=8, status="ok")
-    s = results.summarize(pd.DataFrame(rows), [run]).iloc[0]
+    s = store.summarize(pd.DataFrame(rows), [run]).iloc[0]
     assert s["energy_j"] == s["energy_j_lo"] == s["energy_j_hi"] == 60.0  # warm-up excluded
     assert s["joules_per_token"] == pytest.approx(60.0 / 400)  # not the median of 0.1, 0.3, 0.1
     assert s["gpu_power_counter_w"] == pytest.approx(60.0 / 0.4)  # energy over the time it was spent in
     rows[2]["energy_j"] = float("nan")
-    s = results.summarize(pd.DataFrame(rows), [run]).iloc[0]
+    s = store.summarize(pd.DataFrame(rows), [run]).iloc[0]
     assert math.isnan(s["energy_j"]) and math.isnan(s["joules_per_token"])  # never a partial total

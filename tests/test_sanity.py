@@ -1,13 +1,10 @@
 """benchmarks/sanity.py, the physical-sense check run on results before they are committed."""
-import sys
-from pathlib import Path
 
 import pandas as pd
 
 from fake_results import make_results
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import sanity  # noqa: E402
+from benchmarks import sanity
 
 
 def _verdicts(folder):

@@ -15,12 +15,17 @@ import pytest
 import torch
 
 import config
-import distributed
 import main
-import scaleout
-import sweep
-import train
 from conftest import ROOT
+from harness.errors import Interrupted
+from harness.run import ddp, train
+from harness.report import breakdown
+from harness.store import global_steps
+from harness.sweep import processes
+from harness.sweep.launchers import GpuPool, OneAtATime
+from harness.sweep.ledger import Sweep
+from harness.sweep.plan import plan, select_shard
+from harness.sweep.runner import prepare_data, run_sweep
 
 
 def quiet(*a, **k):
@@ -51,7 +56,7 @@ def test_torchrun_two_ranks_match_one_process_and_write_one_folder(tmp_path):
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Meanwhile, the reference: the same global batch (4 rows) in this one process.
     cfg = main.config_from_args(main.parser().parse_args(DDP_ARGS + ["--out", str(tmp_path / "ref")]))
-    ref = train.run(cfg, sweep.plan(cfg)[0], log=quiet)["rows"]
+    ref = train.run(cfg, plan(cfg)[0], log=quiet)["rows"]
     log, _ = p.communicate(timeout=240)
     assert p.returncode == 0, log
     (folder,) = _folders(out)  # written once, by rank 0
@@ -71,7 +76,7 @@ def test_torchrun_two_ranks_match_one_process_and_write_one_folder(tmp_path):
 def test_padding_loss_weights_give_the_global_mean_and_gradient(monkeypatch):
     """Rows with different padding: the ranks' weighted losses and DDP's gradient average equal the
     whole batch's token mean (no process group needed: the two ranks are computed here in turn)."""
-    import model as models
+    from harness.run import model as models
     m, _ = models.build("tiny", "sdpa", 16)
     ids = torch.randint(0, 1000, (4, 16))
     mask = torch.ones(4, 16, dtype=torch.long)
@@ -86,12 +91,12 @@ def test_padding_loss_weights_give_the_global_mean_and_gradient(monkeypatch):
         return loss.item(), m.transformer.wte.weight.grad.clone()
 
     full_loss, full_grad = loss_and_grad(batch)
-    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(ddp, "active", lambda: True)
     parts = []
     for r in (0, 1):
         for k, v in (("RANK", r), ("LOCAL_RANK", r), ("WORLD_SIZE", 2)):
             monkeypatch.setenv(k, str(v))
-        (part,) = distributed.shard_batches([batch])
+        (part,) = ddp.shard_batches([batch])
         assert part["input_ids"].shape[0] == 2 and "loss_weight" in part
         parts.append(loss_and_grad(part))
     assert sum(p[0] for p in parts) / 2 == pytest.approx(full_loss, rel=1e-5)   # what global_loss reports
@@ -103,7 +108,7 @@ def test_global_steps_sum_resources_and_take_the_slowest_rank():
     rows = [dict(run_id="a", step=0, phase="measure", loss=2.0, tokens=100, flops=1e9, train_time_s=t,
                  energy_j=e, gpu_power_w=p, gpu_memory_mb=mem, gpu_util_percent=u, mfu=0.5, rank=r)
             for r, t, e, p, mem, u in ((0, 1.0, 10.0, 200.0, 900.0, 80.0), (1, 2.0, nan, 300.0, 1000.0, 90.0))]
-    g = distributed.global_steps(pd.DataFrame(rows)).iloc[0]
+    g = global_steps(pd.DataFrame(rows)).iloc[0]
     assert "rank" not in g.index and g["tokens"] == 200 and g["train_time_s"] == 2.0
     assert g["tokens_per_s"] == 100.0 and g["gpu_power_w"] == 500.0 and g["gpu_memory_mb"] == 1000.0
     assert g["gpu_util_percent"] == 85.0 and g["loss"] == 2.0
@@ -118,10 +123,10 @@ def test_global_steps_sum_resources_and_take_the_slowest_rank():
 def test_shards_cover_the_plan_exactly_once(n):
     cfg = config.get_preset("smoke")
     cfg.attentions, cfg.seq_lens, cfg.repeats = ["baseline", "sdpa", "linear"], [64, 128], 2
-    full = [r["run_id"] for r in sweep.plan(cfg)]
-    shards = [[r["run_id"] for r in scaleout.select_shard(sweep.plan(cfg), (i, n))] for i in range(1, n + 1)]
+    full = [r["run_id"] for r in plan(cfg)]
+    shards = [[r["run_id"] for r in select_shard(plan(cfg), (i, n))] for i in range(1, n + 1)]
     assert sorted(sum(shards, [])) == sorted(full)
-    assert scaleout.select_shard(sweep.plan(cfg), (1, 3)) == scaleout.select_shard(sweep.plan(cfg), (1, 3))
+    assert select_shard(plan(cfg), (1, 3)) == select_shard(plan(cfg), (1, 3))
 
 
 @pytest.mark.parametrize("bad", ["0/3", "4/3", "x", "1/0", "1/2/3", "2/-3"])
@@ -131,10 +136,12 @@ def test_bad_shard_exit_2_nothing_written(bad, tmp_path, capsys):
     assert "--shard" in capsys.readouterr().err and not _folders(out)
 
 
-def _in_process_child(self, run):
-    """Sweep._child without the fresh process (the merge tests are about folders, not isolation)."""
-    data = self.folder / ".runs" / f"data_T{run['seq_len']}_B{run['batch_size']}.pt"
-    return dict(train.run(self.cfg, dict(run, data=str(data)), log=quiet), status="ok")
+class InProcess(OneAtATime):
+    """The serial launcher without the fresh process (the merge tests are about folders, not isolation)."""
+
+    def result(self, sweep, run):
+        data = sweep.folder / ".runs" / f"data_T{run['seq_len']}_B{run['batch_size']}.pt"
+        return dict(train.run(sweep.cfg, dict(run, data=str(data)), log=quiet), status="ok")
 
 
 SWEEP_ARGS = ["--preset", "smoke", "--attention", "baseline,sdpa,linear", "--seq-len", "64", "--steps", "2",
@@ -144,22 +151,19 @@ SWEEP_ARGS = ["--preset", "smoke", "--attention", "baseline,sdpa,linear", "--seq
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """One unsharded sweep and shards 1/3, 2/3, 3/3 of the same plan (no plots: finish is a no-op)."""
-    mp = pytest.MonkeyPatch()
-    mp.setattr(sweep.Sweep, "_child", _in_process_child)
-    mp.setattr(main, "finish", quiet)
     root = tmp_path_factory.mktemp("shards")
     made = {}
-    for name, extra in (("full", []), ("s1", ["--shard", "1/3"]), ("s2", ["--shard", "2/3"]),
-                        ("s3", ["--shard", "3/3"])):
-        assert main.main(SWEEP_ARGS + extra + ["--out", str(root / name)]) == 0
-        (made[name],) = _folders(root / name)
-    mp.undo()
+    for name, shard in (("full", None), ("s1", (1, 3)), ("s2", (2, 3)), ("s3", (3, 3))):
+        cfg = main.config_from_args(main.parser().parse_args(SWEEP_ARGS + ["--out", str(root / name)]))
+        made[name] = run_sweep(cfg, shard=shard, launcher=InProcess())
+        assert _folders(root / name) == [made[name]]
     return made
 
 
 def _merge(folders, out, monkeypatch):
+    from harness.report import markdown
     seen = []
-    monkeypatch.setattr(main, "finish", seen.append)  # the report is report.py's to test
+    monkeypatch.setattr(markdown, "finish", seen.append)  # the report is test_report.py's to test
     code = main.main(["merge", *map(str, folders), "--out", str(out)])
     return code, (seen[0] if seen else None)
 
@@ -179,8 +183,7 @@ def test_merge_rebuilds_the_unsharded_summary(shards, tmp_path, monkeypatch):
     merged = json.loads((folder / "manifest.json").read_text())
     assert merged["merge"]["missing"] == [] and merged["merge"]["duplicates"] == [] and merged["finished"]
     assert len(merged["merge"]["shard_times"]) == 3  # the merged folder's wall time is its shards'
-    import timing
-    assert timing.sweep_time(merged).endswith("over 3 shards")
+    assert breakdown.sweep_time(merged).endswith("over 3 shards")
 
 
 def test_merge_reports_duplicates_and_missing(shards, tmp_path, monkeypatch, capsys):
@@ -226,7 +229,7 @@ def test_pinned_child_meters_its_own_gpu(monkeypatch):
     from metrics.nvml import torch_device_target
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-    env = scaleout.pin_env(1)
+    env = processes.pin_env(1)
     assert env == {"CUDA_VISIBLE_DEVICES": "5", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env["CUDA_VISIBLE_DEVICES"])
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace())
@@ -250,7 +253,7 @@ os.replace(out + ".tmp", out)
 MODES = {"baseline": "ok", "lsh": "ok", "sdpa": "hang", "linear": "die", "gqa": "ok"}  # plan order
 
 
-def _fake_launch(sw, calls, run, gpu, interrupt_at=None):
+def _fake_start(calls, sw, run, gpu, interrupt_at=None):
     """Like the real launcher (pinned env, result file in .runs/) but a 0.5 s child with no torch."""
     calls.append((run["run_id"], gpu))
     if interrupt_at and len(calls) == interrupt_at:
@@ -259,13 +262,13 @@ def _fake_launch(sw, calls, run, gpu, interrupt_at=None):
     out.parent.mkdir(exist_ok=True)
     mode = MODES[run["attention"]] if not interrupt_at else "ok"
     return subprocess.Popen([sys.executable, "-c", FAKE_CHILD, str(out), mode, run["run_id"]],
-                            env={**os.environ, **scaleout.pin_env(gpu)})
+                            env={**os.environ, **processes.pin_env(gpu)})
 
 
 def _pool_sweep(tmp_path, attentions, timeout=None):
     cfg = config.get_preset("smoke")
     cfg.attentions, cfg.out, cfg.timeout_s = attentions, str(tmp_path / "r"), timeout
-    return sweep.Sweep.create(cfg, log=quiet)
+    return Sweep.create(cfg, log=quiet)
 
 
 def test_pool_spreads_runs_over_two_gpus_with_serial_statuses(tmp_path, monkeypatch):
@@ -273,9 +276,7 @@ def test_pool_spreads_runs_over_two_gpus_with_serial_statuses(tmp_path, monkeypa
     sw, calls = _pool_sweep(tmp_path, list(MODES), timeout=2.0), []
     lines = []
     sw.log = lambda *a, **k: lines.append(" ".join(map(str, a)))
-    monkeypatch.setattr(scaleout, "run_pool", functools.partial(
-        scaleout.run_pool, launch=functools.partial(_fake_launch, sw, calls), poll_s=0.05))
-    sw.run_all(gpus=[0, 1])
+    sw.run_all(GpuPool([0, 1], start=functools.partial(_fake_start, calls), poll_s=0.05))
     m = json.loads((sw.folder / "manifest.json").read_text())
     status = {r["attention"]: r["status"] for r in m["runs"]}
     assert status == {"baseline": "ok", "sdpa": "timeout", "linear": "error", "lsh": "ok", "gqa": "ok"}
@@ -301,32 +302,28 @@ def test_pool_spreads_runs_over_two_gpus_with_serial_statuses(tmp_path, monkeypa
 
 def test_pool_ctrl_c_then_resume_lands_every_run_once(tmp_path, monkeypatch):
     sw, calls = _pool_sweep(tmp_path, ["baseline", "lsh", "gqa"]), []
-    real_pool = scaleout.run_pool
-    monkeypatch.setattr(scaleout, "run_pool", functools.partial(
-        real_pool, launch=functools.partial(_fake_launch, sw, calls, interrupt_at=3), poll_s=0.05))
-    with pytest.raises(KeyboardInterrupt):
-        sw.run_all(gpus=[0, 1])
+    with pytest.raises(Interrupted) as stopped:
+        sw.run_all(GpuPool([0, 1], start=functools.partial(_fake_start, calls, interrupt_at=3), poll_s=0.05))
+    assert stopped.value.code == 130 and stopped.value.folder == sw.folder
     m = json.loads((sw.folder / "manifest.json").read_text())
-    assert all(r["status"] in ("pending", "ok") for r in m["runs"])  # nothing left "running"
-    assert any(r["status"] == "pending" for r in m["runs"])
-    again, calls2 = sweep.Sweep.resume(sw.folder, log=quiet), []
-    monkeypatch.setattr(scaleout, "run_pool", functools.partial(
-        real_pool, launch=functools.partial(_fake_launch, again, calls2), poll_s=0.05))
-    again.run_all(gpus=[0, 1])
+    assert all(r["status"] in ("pending", "ok", "interrupted") for r in m["runs"])  # nothing left "running"
+    assert any(r["status"] == "interrupted" for r in m["runs"])
+    again, calls2 = Sweep.resume(sw.folder, log=quiet), []
+    again.run_all(GpuPool([0, 1], start=functools.partial(_fake_start, calls2), poll_s=0.05))
     b = pd.read_csv(sw.folder / "batches.csv")
     assert sorted(b["run_id"]) == sorted(r["run_id"] for r in again.runs)  # each run once
     assert all(r["status"] == "ok" for r in again.runs)
 
 
 def test_pool_with_real_train_children(tmp_path, monkeypatch):
-    """The real launcher: train.py children pinned to "GPUs" 0 and 1 (CPU runs here, so the pin is
+    """The real launcher: worker children pinned to "GPUs" 0 and 1 (CPU runs here, so the pin is
     only an environment variable), each child's output in .runs/<run_id>.log."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     cfg = main.config_from_args(main.parser().parse_args(SWEEP_ARGS + ["--out", str(tmp_path / "r")]))
     cfg.attentions = ["baseline", "sdpa"]
-    sw = sweep.Sweep.create(cfg, log=quiet)
-    sw.save_data(main.prepare_data(cfg, sw.runs))
-    scaleout.run_pool(sw, sw.pending(), [0, 1], poll_s=0.05)
+    sw = Sweep.create(cfg, log=quiet)
+    sw.save_data(prepare_data(cfg, sw.runs))
+    GpuPool([0, 1], poll_s=0.05).run(sw, sw.pending(), 0)
     got = [(r["status"], r["gpu"], r["cuda_visible_devices"]) for r in sw.runs]
     assert got == [("ok", 0, "0"), ("ok", 1, "1")]
     assert all((sw.folder / ".runs" / f"{r['run_id']}.log").stat().st_size > 0 for r in sw.runs)

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 import config
-import results
-import sweep
 from conftest import ROOT
+from harness import store
+from harness.sweep import precompile, processes
+from harness.sweep.plan import plan
 
 
 def _main(args, env_extra=None, **kw):
@@ -29,9 +30,9 @@ def _folder(out):
 def test_interleaved_repeats_order():
     cfg = config.get_preset("smoke")
     cfg.attentions, cfg.repeats = ["baseline", "sdpa", "linear"], 2
-    order = [r["attention"] for r in sweep.plan(cfg)]
+    order = [r["attention"] for r in plan(cfg)]
     assert order == ["baseline", "sdpa", "linear", "baseline", "sdpa", "linear"]
-    ids = [r["run_id"] for r in sweep.plan(cfg)]
+    ids = [r["run_id"] for r in plan(cfg)]
     assert len(set(ids)) == len(ids)
 
 
@@ -42,7 +43,7 @@ def test_faults_get_their_status_and_others_finish(tmp_path):
     log, _ = p.communicate(timeout=300)
     assert p.returncode == 0, log
     folder = _folder(out)
-    summary = results.read_csv(folder / "summary.csv").set_index("attention")
+    summary = store.read_csv(folder / "summary.csv").set_index("attention")
     assert summary.loc["baseline", "status"] == "ok"
     assert summary.loc["sdpa", "status"] == "error" and "injected fault" in summary.loc["sdpa", "reason"]
     assert summary.loc["linear", "status"] == "nan"
@@ -97,11 +98,11 @@ for name in ("is_available", "device_count", "_lazy_init", "init", "get_device_c
              "get_device_name", "is_bf16_supported", "current_device", "synchronize"):
     f = getattr(tc, name)
     setattr(tc, name, (lambda f, name: lambda *a, **k: (calls.append(name), f(*a, **k))[1])(f, name))
-import launcher
-for m in launcher.PRELOAD:
+from harness.sweep import processes
+for m in processes.PRELOAD:
     importlib.import_module(m)
 import attentions
-assert sorted(attentions.REGISTRY) == sorted(launcher.ATTENTION_FILES), attentions.REGISTRY
+assert sorted(attentions.REGISTRY) == sorted(processes.ATTENTION_FILES), attentions.REGISTRY
 print("CUDA calls:", calls)
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -149,12 +150,13 @@ def test_precompile_on_a_gpu_with_flex(tmp_path):
     _assert_warm_then_loaded(_precompiled_sweep(tmp_path, "sdpa,flex", "cuda"))
 
 
-def test_precompile_auto_is_off_on_cpu_and_bounded():
-    import precompile
+def test_precompile_auto_is_off_on_cpu_and_a_quarter_of_the_cores_on_a_gpu(monkeypatch):
     cfg = config.get_preset("smoke")
     assert precompile.workers(cfg, 9, gpu_count=0) == 0  # auto: CPU runs need the cores themselves
     cfg.device, cfg.compile = "auto", True
-    assert 0 <= precompile.workers(cfg, 9, gpu_count=1) <= 8
+    for cores, expected in ((2, 0), (16, 4), (64, 8)):  # cores // 4, at most 8
+        monkeypatch.setattr(precompile.os, "cpu_count", lambda: cores)
+        assert precompile.workers(cfg, 9, gpu_count=1) == expected
     cfg.precompile = 3
     assert precompile.workers(cfg, 2, gpu_count=0) == 2  # never more processes than runs
     cfg.compile = False  # only flex-based runs compile their own kernel then
@@ -164,36 +166,28 @@ def test_precompile_auto_is_off_on_cpu_and_bounded():
 def test_precompile_pins_warm_processes_to_the_pool_gpus_in_turn(tmp_path, monkeypatch):
     """With --gpus the warm processes go round the pool's GPUs (their memory spread), at most
     `precompile` at a time, and every run that compiles is warmed once."""
-    import precompile
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # GPUs 3 and 5 index the host's
+    launched = []
 
-    class Proc:
-        def poll(self):
-            return 0
+    def start(folder, cfg, run, env_extra=None, log_path=None, warm=False):
+        assert warm
+        launched.append((run["run_id"], env_extra["CUDA_VISIBLE_DEVICES"]))
+        return run["run_id"]
+
+    monkeypatch.setattr(processes, "start", start)
+    monkeypatch.setattr(processes, "poll", lambda folder, run, proc, t0, timeout, warm=False:
+                        {"status": "ok", "info": {"compile_cache": {"aot_miss": 1}}})
 
     class FakeSweep:
         cfg = config.get_preset("smoke")
+        folder = tmp_path
         manifest = {"environment": {"gpu_count": 2}}
         log = staticmethod(lambda *a, **k: None)
-
-        def __init__(self):
-            self.launched, self.running, self.most = [], 0, 0
-
-        def _files(self, run, warm=False):
-            return None, None, tmp_path / f"{run['run_id']}.warm.log"
-
-        def _launch(self, run, env_extra=None, log_path=None, warm=False):
-            assert warm
-            self.launched.append((run["run_id"], env_extra["CUDA_VISIBLE_DEVICES"]))
-            return Proc()
-
-        def _collect(self, run, rc, warm=False):
-            return {"status": "ok", "info": {"compile_cache": {"aot_miss": 1}}}
 
     sweep_ = FakeSweep()
     sweep_.cfg.compile, sweep_.cfg.precompile = True, 2
     runs = [dict(run_id=f"r{i}", attention=a, seq_len=64) for i, a in enumerate(["sdpa", "flex", "linear"])]
     record = precompile.run_phase(sweep_, runs, gpus=[3, 5], poll_s=0.0)
     assert record["workers"] == 2 and set(record["results"]) == {"r0", "r1", "r2"}
-    assert [gpu for _, gpu in sweep_.launched] == ["3", "5", "3"]
-    assert sweep_.launched[0][0] == "r1"  # flex compiles longest: warmed first
+    assert [gpu for _, gpu in launched] == ["3", "5", "3"]
+    assert launched[0][0] == "r1"  # flex compiles longest: warmed first

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from harness.report import breakdown, plots
 from harness.report.results import load
-from harness.report.tables import failures, interval_table, md_table, not_measured, summary_table
+from harness.report.tables import failures, flop_check, interval_table, md_table, not_measured, summary_table
 from harness.store import write_text
 from metrics.catalog import label
 
@@ -51,6 +51,7 @@ def write_report(folder, plot_paths=None) -> Path:
     md += ["## Not measured on this machine", ""] + ([f"- {label(c)}: {why}" for c, why in not_measured(r).items()]
                                                      or ["everything was measured"])
     md += ["", "## Runs without a result", ""] + ([f"- {x}" for x in failures(r)] or ["none"])
+    md += flop_section(r)
     table = breakdown.timing_table(r.manifest)
     if len(table):
         md += ["", "## Where the time went", "", breakdown.sweep_time(m) or "(a resumed sweep: see each run's wall time)",
@@ -70,3 +71,15 @@ def finish(folder) -> None:
     path = write_report(folder)
     print(summary_table(load(folder)).to_string(index=False, na_rep="-"))
     print(f"\nresults: {folder}\nreport:  {path}")
+
+
+def flop_section(r) -> list[str]:
+    """The FLOP count cross-checked by fvcore, where the runs recorded it."""
+    table = flop_check(r)
+    if not len(table):
+        return []
+    return ["", "## FLOP count, cross-checked by fvcore", "",
+            "fvcore counts the products it has handlers for (matmul, addmm, linear, einsum, norms) and skips "
+            "scaled_dot_product_attention, flex_attention and custom kernels: for those mechanisms it misses the "
+            "attention core, and a model it cannot trace has no count. On baseline the two must agree.", "",
+            md_table(table)]

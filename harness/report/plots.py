@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from attentions.order import ORDER
 from metrics.catalog import BY_COLUMN, METRICS, label
@@ -86,7 +86,7 @@ def config_table(summary: pd.DataFrame, column: str) -> pd.DataFrame:
     return t.sort_values("attention", key=lambda s: s.map(rank), kind="stable").reset_index(drop=True)
 
 
-def _panels(n: int, ncols: int = 2, height: float = 3.6, title: str = ""):
+def panels(n: int, ncols: int = 2, height: float = 3.6, title: str = ""):
     """A figure WIDTH wide with n panels in a grid; returns it and the n axes."""
     ncols = max(1, min(n, ncols))
     nrows = math.ceil(n / ncols)
@@ -106,7 +106,7 @@ def _title(column: str, context: str = "") -> str:
     return "\n".join(textwrap.wrap(head, 95) + ([context] if context else []))
 
 
-def _attention_legend(fig, attentions, extra=(), lines: bool = False):
+def attention_legend(fig, attentions, extra=(), lines: bool = False):
     """Colour (and, for line plots, marker) of each attention, outside the axes on the right."""
     handles = [Line2D([], [], color=color(a), marker=MARKERS.get(a, "o"), mfc="none", mew=1.2, label=a) if lines
                else Patch(color=color(a), label=a) for a in ordered(attentions)] + list(extra)
@@ -146,7 +146,7 @@ def bar_panel(ax, table: pd.DataFrame, ylabel: str = "", bottom: float | None = 
 def bar_figure(summary: pd.DataFrame, column: str, context: str = "") -> Figure:
     """One bar chart of a metric across attentions: a panel per seq_len (own y scale), models grouped."""
     seq_lens = sorted(summary.seq_len.unique())
-    fig, axes = _panels(len(seq_lens), title=_title(column, context))
+    fig, axes = panels(len(seq_lens), title=_title(column, context))
     for ax, T in zip(axes, seq_lens):
         s = summary[summary.seq_len == T]
         bar_panel(ax, config_table(s, column), label(column))
@@ -157,14 +157,14 @@ def bar_figure(summary: pd.DataFrame, column: str, context: str = "") -> Figure:
     fig.supxlabel("bar = median over measured batches (warm-up excluded); error bar = 95% interval of the "
                   "median" + repeats, fontsize=8)
     if summary.model.nunique() > 1:
-        _attention_legend(fig, summary.attention.unique())
+        attention_legend(fig, summary.attention.unique())
     return fig
 
 
 def lines_figure(batches: pd.DataFrame, column: str, context: str = "", epochs: bool = False) -> Figure:
     """Per-batch values, one line per run, a panel per (model, seq_len); warm-up shaded grey."""
     groups = list(dict.fromkeys(zip(batches.model, batches.seq_len)))
-    fig, axes = _panels(len(groups), height=3.2, title=_title(column, context))
+    fig, axes = panels(len(groups), height=3.2, title=_title(column, context))
     for ax, (model, T) in zip(axes, groups):
         g = batches[(batches.model == model) & (batches.seq_len == T)]
         warm = g.loc[g.phase == "warmup", "step"]
@@ -185,7 +185,7 @@ def lines_figure(batches: pd.DataFrame, column: str, context: str = "", epochs: 
         ax.grid(alpha=0.3)
     extra = [Patch(color="0.88", label="warm-up\n(not measured)")]
     extra += [Line2D([], [], color="0.4", ls=":", label="new epoch")] if epochs else []
-    _attention_legend(fig, batches.attention.unique(), extra, lines=True)
+    attention_legend(fig, batches.attention.unique(), extra, lines=True)
     return fig
 
 
@@ -255,13 +255,13 @@ def scaling_figure(summary: pd.DataFrame, column: str, context: str = "") -> Fig
     per_token = column in PER_TOKEN
     models = list(dict.fromkeys(summary.model))
     head = f"{column}{' per token' if per_token else ''} vs seq_len"
-    fig, axes = _panels(len(models), title=head + (f"\n{context}" if context else ""))
+    fig, axes = panels(len(models), title=head + (f"\n{context}" if context else ""))
     for ax, model in zip(axes, models):
         scaling_panel(ax, summary[summary.model == model], column, per_token)
         ax.set_title(model, fontsize=9)
     fig.supxlabel("points = median over measured batches, error bars = 95% interval; "
                   "x at the top = out of memory at that seq_len", fontsize=8)
-    _attention_legend(fig, summary.attention.unique(), _failure_legend(summary[summary.model.isin(models[:1])]),
+    attention_legend(fig, summary.attention.unique(), _failure_legend(summary[summary.model.isin(models[:1])]),
                       lines=True)
     return fig
 
@@ -270,7 +270,7 @@ def overview_figure(summary: pd.DataFrame, context: str = "") -> Figure:
     """The key metrics at a glance: bars for one seq_len, log-log scaling lines for a sweep."""
     cols = [c for c in KEY if measured(summary, c)][:9]
     sweep = summary.groupby("model").seq_len.nunique().max() > 1
-    fig, axes = _panels(len(cols), ncols=3, height=2.9, title="Overview" + (f": {context}" if context else ""))
+    fig, axes = panels(len(cols), ncols=3, height=2.9, title="Overview" + (f": {context}" if context else ""))
     for ax, col in zip(axes, cols):
         if sweep:
             ylabel = scaling_panel(ax, summary, col, col in PER_TOKEN)
@@ -279,7 +279,7 @@ def overview_figure(summary: pd.DataFrame, context: str = "") -> Figure:
             bar_panel(ax, config_table(summary, col))
         ax.set_title(ylabel, fontsize=9)
         ax.set_ylabel("")
-    _attention_legend(fig, summary.attention.unique(), _failure_legend(summary) if sweep else (), lines=sweep)
+    attention_legend(fig, summary.attention.unique(), _failure_legend(summary) if sweep else (), lines=sweep)
     return fig
 
 
@@ -294,33 +294,3 @@ def all_figures(summary: pd.DataFrame, batches: pd.DataFrame, context: str = "")
     figs |= {f"bar_{c}": bar_figure(summary, c, context) for c in cols if c not in NO_BARS}
     figs |= {f"batches_{c}": lines_figure(batches, c, context) for c in LINES if c in cols and len(batches)}
     return figs
-
-
-def ratio_figure(ratios: pd.DataFrame, title: str) -> Figure:
-    """Comparison of two results: per metric, a bar from 1 to the ratio B/A per attention, log scale
-    (2x and 0.5x look equally far from 1). ratios: model, seq_len, attention, status, then ratio columns."""
-    cols = [c for c in ratios.columns if c not in ("model", "seq_len", "attention", "status")]
-    fig, axes = _panels(len(cols), ncols=3, height=2.9, title=title)
-    t = ratios.copy()
-    if t.seq_len.nunique() > 1:                  # bar_panel groups by model: make the group model + seq_len
-        t["model"] = t.model + "\nT=" + t.seq_len.astype(str)
-    for ax, col in zip(axes, cols):
-        table = t.assign(value=t[col], lo=np.nan, hi=np.nan, repeats=[[]] * len(t))
-        ax.set_yscale("log")
-        bar_panel(ax, table, bottom=1.0)
-        ax.axhline(1.0, color="black", lw=0.8)
-        for bar in ax.patches:        # the ratio written at the bar's end: a ratio of 1 has no bar to see
-            end = bar.get_y() + bar.get_height()
-            ax.text(bar.get_x() + bar.get_width() / 2, end, f"{end:.3g}x", ha="center", fontsize=7,
-                    va="bottom" if end >= 1 else "top")
-        v = table.value[np.isfinite(table.value) & (table.value > 0)]
-        r = max(1.1, float(np.exp(1.3 * np.abs(np.log(v)).max())) if len(v) else 1.1)
-        ax.set_ylim(1 / r, r)                      # symmetric in log space: 2x and 0.5x equally far
-        if r < 10:                                 # under a decade each way: ticks at 1, 2, 5 x 10^k
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.3g}x"))
-        # Within a narrow range the minor ticks are the only ones: label them; else they crowd.
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:.3g}x") if r < 3 else NullFormatter())
-        ax.set_title(col, fontsize=9)
-    _attention_legend(fig, ratios.attention.unique())
-    return fig

@@ -93,3 +93,19 @@ def interval_table(s: pd.DataFrame) -> pd.DataFrame:
     rows = {label(c): [cell(*v) for v in zip(ok[c], ok.get(c + "_lo", ok[c]), ok.get(c + "_hi", ok[c]))]
             for c in (m.column for m in METRICS) if plots.measured(s, c)}
     return pd.DataFrame(rows, index=list(names)).T.reset_index(names="metric (median [95% interval])")
+
+
+def flop_check(result: Result) -> pd.DataFrame:
+    """Per run: the analytic forward FLOPs beside fvcore's count (x2: it counts multiply-adds).
+    fvcore has no handler for SDPA, flex or custom kernels, so it misses their attention core;
+    on baseline the two agree."""
+    runs = [r for r in result.manifest.get("runs", []) if r.get("flops_forward") is not None]
+    rows = []
+    for r in runs:
+        fv = r.get("flops_fvcore_forward")
+        fv = math.nan if fv is None else float(fv)
+        rows.append({"model": r["model"], "attention": r["attention"], "seq_len": r["seq_len"],
+                     "analytic forward (FLOP)": float(r["flops_forward"]), "fvcore forward (FLOP)": fv,
+                     "fvcore / analytic": fv / float(r["flops_forward"]) if r["flops_forward"] else math.nan,
+                     "note": r.get("flops_fvcore_reason") or ""})
+    return pd.DataFrame(rows)

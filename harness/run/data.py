@@ -29,6 +29,7 @@ from contextlib import closing
 
 import torch
 
+from config import is_local_dataset
 from harness.errors import UserError, unknown
 from harness.run.tokenizer import ASSETS, EOS_TEXT, check_hub, set_offline_env
 
@@ -89,14 +90,9 @@ def _problem(rec) -> str | None:
     return None
 
 
-def _is_local(dataset: str) -> bool:
-    p = os.path.expanduser(dataset)
-    return os.path.exists(p) or os.path.isabs(p) or p.startswith(".") or p.endswith((".json", ".jsonl", ".parquet"))
-
-
 def _open_source(cfg):
     """(iterator of raw records, description of the source) for cfg's dataset, offline or not."""
-    local = _is_local(cfg.dataset)
+    local = is_local_dataset(cfg.dataset)
     path = os.path.abspath(os.path.expanduser(cfg.dataset)) if local else None
     if local and not os.path.exists(path):
         raise UserError(f"dataset not found: {path}")

@@ -60,12 +60,3 @@ def build(name: str, attention: str, seq_len: int, init: str = "random",
         model = GPT2LMHeadModel(gpt2_config(name, seq_len))
     merged = attentions.install(model, attention, params, init=init)
     return model, merged
-
-
-def n_params(model, non_embedding: bool = False) -> int:
-    """Parameter count; non_embedding drops position embeddings (the tied wte stays: it is the LM
-    head's matmul), as nanoGPT's get_num_params does for its MFU estimate."""
-    n = sum(p.numel() for p in model.parameters())
-    if non_embedding:
-        n -= model.transformer.wpe.weight.numel()
-    return n

@@ -19,7 +19,7 @@ from harness.run import data, ddp
 from harness.run import model as models
 from harness.run.step import StepTimer, fault_for, inference_time, train_step
 from harness.run.tokenizer import get_tokenizer
-from metrics.flops import palm_flops_per_token, train_step_flops
+from metrics.flops import fvcore_forward_flops, palm_flops_per_token, palm_n_params, train_step_flops
 from metrics.meter import Meter
 from metrics.peak import peak_tflops
 from metrics.system import model_size_mb
@@ -56,6 +56,7 @@ class Setup:
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     flops: float                 # one training step, analytic
+    flops_forward: float         # one forward of the batch, analytic (fvcore's cross-check counts this)
     palm: float                  # PaLM training FLOPs per token (MFU's numerator)
     peak: float                  # the device's peak TFLOP/s at this dtype (NaN if unknown)
     size_mb: float
@@ -103,7 +104,8 @@ def prepare(cfg: Config, run: dict, device: torch.device) -> Setup:
               step_model=model, params=params, kernel=spec.kernel(device, params, dtype=dtype, shape=(B, H, T, D)),
               opt=torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device.type == "cuda"),
               scaler=torch.amp.GradScaler(device.type, enabled=needs_scaler), flops=flops["total"],
-              palm=palm_flops_per_token(models.n_params(model, non_embedding=True), c.n_layer, H, D, T),
+              flops_forward=flops["forward"],
+              palm=palm_flops_per_token(palm_n_params(model), c.n_layer, H, D, T),
               peak=peak_tflops(device, dtype), size_mb=model_size_mb(model), fault=fault_for(run["attention"]))
     t_probe = time.perf_counter()
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -121,6 +123,16 @@ def compiled(wrapped, cfg: Config):
     return torch.compile(wrapped) if cfg.compile else wrapped
 
 
+def fvcore_check(s: Setup) -> dict:
+    """fvcore's count of one forward of the batch (one row traced, times the rows: every product
+    is per row), beside the analytic count; NaN with the reason where fvcore cannot run."""
+    t0 = time.perf_counter()
+    ids = s.batches[0]["input_ids"]
+    one, why = fvcore_forward_flops(s.model, ids[:1])
+    return dict(flops_forward=s.flops_forward, flops_fvcore_forward=one * ids.shape[0],
+                flops_fvcore_reason=why, fvcore_s=time.perf_counter() - t0)
+
+
 def seeded_prepare(cfg: Config, run: dict):
     """The run's device and prepare(), after seeding: the same for a measured and a warm run."""
     torch.manual_seed(cfg.seed)
@@ -131,6 +143,7 @@ def seeded_prepare(cfg: Config, run: dict):
 def run(cfg: Config, run: dict, log=print) -> dict:
     """Train one configuration; returns {"rows", "info", "samples"}. Raises on failure."""
     device, s = seeded_prepare(cfg, run)
+    fvcore = fvcore_check(s)  # before the meter: tracing is not part of any step
     meter = Meter(device, interval_s=cfg.sample_interval_s)
     meter.start()
     try:
@@ -141,7 +154,8 @@ def run(cfg: Config, run: dict, log=print) -> dict:
         row.update(m)
         row["joules_per_token"] = row["energy_j"] / row["tokens"]
         row["gpu_power_counter_w"] = row["energy_j"] / row["window_s"] if row["window_s"] > 0 else math.nan
-    return {"rows": rows, "info": run_info(cfg, s, device, rows, energy, meter), "samples": meter.samples()}
+    info = dict(run_info(cfg, s, device, rows, energy, meter), **fvcore)
+    return {"rows": rows, "info": info, "samples": meter.samples()}
 
 
 def run_info(cfg: Config, s: Setup, device, rows: list[dict], energy: float, meter: Meter) -> dict:

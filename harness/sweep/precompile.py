@@ -56,35 +56,36 @@ def run_phase(sweep, todo: list[dict], gpus: list[int] | None = None, poll_s: fl
     log(f"precompile: {len(runs)} runs, {n} at a time (filling torch.compile's caches; "
         "each process's output is in .runs/<run_id>.warm.log)", flush=True)
     t_start = time.perf_counter()
+    record = warm_all(sweep, runs, n, gpus, poll_s)
+    wall = time.perf_counter() - t_start
+    log(f"precompile: done in {wall:.0f} s; the runs now start from warm caches", flush=True)
+    return dict(workers=n, runs=len(runs), wall_s=round(wall, 2), results=record)
+
+
+def warm_all(sweep, runs: list[dict], n: int, gpus: list[int] | None, poll_s: float) -> dict:
+    """Up to n warm processes at a time over `runs`; {run_id: how its warm process ended}."""
     queue, active, record, started = list(runs), {}, {}, 0
     try:
         while queue or active:
             while queue and len(active) < n:
                 run = queue.pop(0)
-                _, _, log_path = processes.run_files(sweep.folder, run, warm=True)
                 pin = processes.pin_env(gpus[started % len(gpus)]) if gpus else None
                 started += 1
-                t0 = time.perf_counter()
-                active[run["run_id"]] = (run, processes.start(sweep.folder, sweep.cfg, run, pin, log_path=log_path,
-                                                              warm=True), t0)
+                log_path = processes.run_files(sweep.folder, run, warm=True)[2]
+                active[run["run_id"]] = (run, time.perf_counter(), processes.start(
+                    sweep.folder, sweep.cfg, run, pin, log_path=log_path, warm=True))
             time.sleep(poll_s)
-            for rid in list(active):
-                run, proc, t0 = active[rid]
+            for rid, (run, t0, proc) in list(active.items()):
                 res = processes.poll(sweep.folder, run, proc, t0, sweep.cfg.timeout_s, warm=True)
-                if res is None:
-                    continue
-                del active[rid]
-                info = res.get("info") or {}
-                record[rid] = dict(status=res["status"], reason=res.get("reason", "")[:200],
-                                   wall_s=round(time.perf_counter() - t0, 2),
-                                   compile_cache=info.get("compile_cache"))
-                log(f"  warm {len(record)}/{len(runs)} {run['attention']} seq_len={run['seq_len']}: "
-                    f"{res['status']} in {record[rid]['wall_s']:.0f} s", flush=True)
+                if res is not None:
+                    del active[rid]
+                    record[rid] = dict(status=res["status"], reason=res.get("reason", "")[:200],
+                                       wall_s=round(time.perf_counter() - t0, 2),
+                                       compile_cache=(res.get("info") or {}).get("compile_cache"))
+                    sweep.log(f"  warm {len(record)}/{len(runs)} {run['attention']} seq_len={run['seq_len']}: "
+                              f"{res['status']} in {record[rid]['wall_s']:.0f} s", flush=True)
     except KeyboardInterrupt:
-        for _, proc, _ in active.values():
+        for _, _, proc in active.values():
             processes.stop(proc, kill=True)
         raise
-    wall = time.perf_counter() - t_start
-    log(f"precompile: done in {wall:.0f} s; the runs now start from warm caches", flush=True)
-    return dict(workers=n, runs=len(runs), wall_s=round(wall, 2), results=record)
-
+    return record

@@ -26,9 +26,10 @@ def prepare_data(cfg: Config, runs: list[dict]) -> dict:
 
 
 def run_sweep(cfg: Config | None, resume: str | None = None, shard=None, gpus: str | None = None,
-              progress: str = "lines") -> Path | None:
+              progress: str = "lines", launcher=None) -> Path | None:
     """Run (or resume) a sweep; returns its results folder, or None when there was nothing to do
-    (an empty shard; a torchrun rank other than 0)."""
+    (an empty shard; a torchrun rank other than 0). launcher: the one to use instead of the one
+    the arguments choose (a test's in-process launcher)."""
     if resume and shard:
         raise UserError("--shard is fixed when a sweep is created; --resume DIR continues that shard")
     if ddp.launched():  # torchrun: every rank trains, rank 0 writes
@@ -52,5 +53,5 @@ def run_sweep(cfg: Config | None, resume: str | None = None, shard=None, gpus: s
     if gpu_list:
         sweep.manifest["gpus"] = gpu_list
     print(f"attention-bench: preset {cfg.preset}, {len(sweep.runs)} runs -> {sweep.folder}", flush=True)
-    sweep.run_all(GpuPool(gpu_list) if gpu_list else OneAtATime(progress))
+    sweep.run_all(launcher or (GpuPool(gpu_list) if gpu_list else OneAtATime(progress)))
     return sweep.folder

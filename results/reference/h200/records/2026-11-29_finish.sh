@@ -2,7 +2,7 @@
 # H200, call 3: the metrics-overhead benchmark after moving NVML reads off the training thread,
 # the rest of call 2's full_test sweep (--resume, after the block-mask fix), and the kernel
 # benchmark with each mechanism compiled, for the long sequences the targets are about.
-#   OUT=/some/dir bash benchmarks/h200_finish.sh results/h200/<full_test folder>
+#   OUT=/some/dir bash results/reference/h200/records/2026-11-29_finish.sh results/h200/<full_test folder>
 set -uo pipefail
 OUT=${OUT:-out}
 W=$OUT/w

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# H200, session 5: lsh's flex path over compact rows (attentions/lsh.py flex_rows), measured end to
+# H200, 2026-11-29: lsh's flex path over compact rows (attentions/lsh.py flex_rows), measured end to
 # end, in one device call within BUDGET_S seconds. The steps named run in order, each cut at the
-# budget; logs, kernel CSVs/plots and profiles go to $WORK, then into one $OUT/session5.tgz (a
+# budget; logs, kernel CSVs/plots and profiles go to $WORK, then into one $OUT/lsh_compact_rows.tgz (a
 # device call returns at most 8 files).
-#   OUT=/some/dir BUDGET_S=570 bash benchmarks/h200_session5.sh flex_tests kernels_flex ...
+#   OUT=/some/dir BUDGET_S=570 bash results/reference/h200/records/2026-11-29_lsh_compact_rows.sh flex_tests kernels_flex ...
 # The calls made (results/reference/h200/, README "What it measured on an H200"):
 #   1. all six steps, with flex_rows finding its key rows by torch.searchsorted: inductor could not
 #      lower it (NotImplementedError: View), so kernels_flex and profile failed; the in-model test
@@ -29,43 +29,29 @@
 #   7. inmodel: main.py, gpt2 at T = 2048, baseline against lsh (impl=auto: flex), model uncompiled
 #   8. scaling: the scaling preset (gpt2, 16384 tokens per batch, T = 512..16384) for lsh and sdpa
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../../.."
 OUT=${OUT:-out}
-WORK=${WORK:-/tmp/session5}
+WORK=${WORK:-/tmp/lsh_compact_rows}
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-DEADLINE=$(( $(date +%s) + ${BUDGET_S:-570} ))
-{ date -u; nvidia-smi --query-gpu=index,name,driver_version,power.limit,memory.total --format=csv
-  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-  git log -1 --format='commit %H %s' 2>/dev/null || true; git status --short | head -20
-} > "$WORK/env.txt" 2>&1
-left() { echo $(( DEADLINE - $(date +%s) )); }
-step() {  # step NAME COMMAND...: output to $WORK/NAME.log, the command line and its time too
-  local name=$1 t0 rc; shift
-  t0=$(date +%s)
-  if (( $(left) < 20 )); then echo "== $name: skipped, budget spent" | tee -a "$WORK/steps.log"; return; fi
-  { echo "\$ $*"; timeout "$(left)" "$@"; } > "$WORK/$name.log" 2>&1
-  rc=$?
-  echo "== $name: exit $rc in $(( $(date +%s) - t0 )) s" | tee -a "$WORK/steps.log"
-  grep -v "^    step\|Warning\|warn\|DEBUG" "$WORK/$name.log" | tail -12
-}
+source benchmarks/gpu_steps.sh  # left, step NAME MIN_SECONDS CMD...
 run_step() {
   case $1 in
-  flex_tests) step flex_tests python3 -m pytest -q -rs -p no:cacheprovider tests/test_attentions.py \
+  flex_tests) step flex_tests 20 python3 -m pytest -q -rs -p no:cacheprovider tests/test_attentions.py \
     -k "lsh_compiled_flex or lsh_flex_path" ;;
-  kernels_flex) step kernels_flex python3 benchmarks/attention_kernels.py --tokens 131072 --mechanisms lsh,baseline \
+  kernels_flex) step kernels_flex 20 python3 benchmarks/attention_kernels.py --tokens 131072 --mechanisms lsh,baseline \
     --params lsh.impl=flex --out "$WORK/kernels_lsh_flex" ;;
-  mask_loads) step mask_loads python3 benchmarks/flex_mask_loads.py ;;
-  profile) step profile python3 benchmarks/profile_lsh.py --impls flex,matmul --rows 25 --out "$WORK/profile" ;;
-  kernels_matmul) step kernels_matmul python3 benchmarks/attention_kernels.py --tokens 131072 --mechanisms lsh \
+  mask_loads) step mask_loads 20 python3 benchmarks/flex_mask_loads.py ;;
+  profile) step profile 20 python3 benchmarks/profile_lsh.py --impls flex,matmul --rows 25 --out "$WORK/profile" ;;
+  kernels_matmul) step kernels_matmul 20 python3 benchmarks/attention_kernels.py --tokens 131072 --mechanisms lsh \
     --out "$WORK/kernels_lsh_matmul" ;;
-  inmodel) step inmodel python3 main.py --preset fast_test --offline --model gpt2 --attention baseline,lsh \
+  inmodel) step inmodel 20 python3 main.py --preset fast_test --offline --model gpt2 --attention baseline,lsh \
     --seq-len 2048 --batch-size 8 --steps 20 --epochs 1 --warmup 5 --out "$WORK/inmodel" ;;
-  scaling) step scaling python3 main.py --preset scaling --offline --attention lsh,sdpa --out "$WORK/scaling" ;;
-  scaling_lsh) step scaling_lsh python3 main.py --preset scaling --offline --attention lsh --out "$WORK/scaling" ;;
-  gpu_tests) step gpu_tests python3 -m pytest -q -rs -p no:cacheprovider tests/test_attentions.py -k "cuda" ;;
+  scaling) step scaling 20 python3 main.py --preset scaling --offline --attention lsh,sdpa --out "$WORK/scaling" ;;
+  scaling_lsh) step scaling_lsh 20 python3 main.py --preset scaling --offline --attention lsh --out "$WORK/scaling" ;;
+  gpu_tests) step gpu_tests 20 python3 -m pytest -q -rs -p no:cacheprovider tests/test_attentions.py -k "cuda" ;;
   *) echo "unknown step $1"; return 2 ;;
   esac
 }
 for s in "$@"; do run_step "$s"; done
-tar czf "$OUT/session5.tgz" --exclude='lsh_*.json' -C "$WORK" .  # not the traces; the manifests
+tar czf "$OUT/lsh_compact_rows.tgz" --exclude='lsh_*.json' -C "$WORK" .  # not the traces; the manifests

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # H200, call 1: the GPU-only tests, the kernel benchmark, the metrics-overhead benchmark and a
 # short compiled gpt2 sweep, all offline (the device has no hub). Everything lands in $OUT/run1.tgz.
-#   OUT=/some/dir bash benchmarks/h200_validate.sh
+#   OUT=/some/dir bash results/reference/h200/records/2026-11-29_validate.sh
 # (run 1 on 2026-11-29 compared --compile-scope model|blocks; blocks ran 2x slower and was removed)
 set -uo pipefail
 OUT=${OUT:-out}

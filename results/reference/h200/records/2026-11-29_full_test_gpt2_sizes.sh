@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # H200, call 2: the full_test preset for gpt2, all nine attentions, compiled, offline data and
 # random init (the device has no hub), batch 32 (the batch size for the MFU figure), timed.
-#   OUT=/some/dir bash benchmarks/h200_full_test.sh
+#   OUT=/some/dir bash results/reference/h200/records/2026-11-29_full_test_gpt2_sizes.sh
 set -uo pipefail
 OUT=${OUT:-out}
 W=$OUT/w

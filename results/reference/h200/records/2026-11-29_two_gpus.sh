@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# H200 x 2, session 3: the device calls of 2026-11-29 (evening), on the 2-GPU kind
+# H200 x 2, 2026-11-29: the device calls of 2026-11-29 (evening), on the 2-GPU kind
 # (nvidia-h200-x2), each within one time budget. Steps run in the order given; "a&b" runs a and b
 # side by side (each step pins its own GPU). Work happens in $WORK (it survives between calls
 # while the machine stays warm, so a cut-off sweep can be resumed); $OUT gets one .tgz of it.
-#   OUT=/some/dir BUDGET_S=570 bash benchmarks/h200_session3.sh 'medium0&tests_kernels1'
+#   OUT=/some/dir BUDGET_S=570 bash results/reference/h200/records/2026-11-29_two_gpus.sh 'medium0&tests_kernels1'
 # The calls made (results/reference/h200/, README "What it measured on an H200"):
 #   1. BUDGET_S=560 ... 'medium0&tests_kernels1'   (medium: 514 s; the tests took 8.7 min with the
 #      CPUs shared, so the kernel run after them was cut after 4 rows)
@@ -25,7 +25,7 @@
 #                   gpt2-medium on 1 vs 2 GPUs
 #   resume          main.py --resume every unfinished results folder under $WORK
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../../.."
 OUT=${OUT:-out}
 WORK=${WORK:-/root/ab_work}
 mkdir -p "$WORK" "$OUT"
@@ -71,4 +71,4 @@ for group in "$@"; do
   for s in "${lanes[@]}"; do run_step "$s" & done
   wait
 done
-tar czf "$OUT/session3.tgz" --exclude='*.pt' -C "$WORK" .
+tar czf "$OUT/two_gpus.tgz" --exclude='*.pt' -C "$WORK" .

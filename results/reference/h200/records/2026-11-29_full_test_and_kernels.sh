@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# H200, session 2: the device calls of 2026-11-29 (afternoon), steps named on the command line and
+# H200, 2026-11-29: the device calls of 2026-11-29 (afternoon), steps named on the command line and
 # run in that order within one time budget (a step that would start too late is skipped, and said
-# so). Everything lands in $OUT/session2.tgz.
-#   OUT=/some/dir BUDGET_S=570 bash benchmarks/h200_session2.sh full_test overhead kernels
+# so). Everything lands in $OUT/full_test_and_kernels.tgz.
+#   OUT=/some/dir BUDGET_S=570 bash results/reference/h200/records/2026-11-29_full_test_and_kernels.sh full_test overhead kernels
 # Steps:
 #   full_test  the full_test preset, gpt2, all nine attentions, batch 32, compiled, with the
 #              precompile phase (auto: CPU cores // 4 processes), wall time measured (target < 10 min)
@@ -25,19 +25,7 @@ DEADLINE=$(( $(date +%s) + ${BUDGET_S:-570} ))
   nproc; git log -1 --format='commit %H %s' 2>/dev/null || true
 } 2>&1 | tee "$W/env.txt"
 
-left() { echo $(( DEADLINE - $(date +%s) )); }
-step() {  # step NAME MIN_SECONDS CMD...: run CMD with the time left, output to $W/NAME.log
-  local name=$1 need=$2 t0
-  shift 2
-  if (( $(left) < need )); then
-    echo "== $name skipped: $(left) s left, needs about $need s" | tee -a "$W/steps.log"
-    return
-  fi
-  t0=$(date +%s)
-  timeout "$(left)" "$@" > "$W/$name.log" 2>&1
-  echo "== $name: exit $? in $(( $(date +%s) - t0 )) s" | tee -a "$W/steps.log"
-  grep -v "^    step" "$W/$name.log" | tail -25
-}
+WORK=$W source benchmarks/gpu_steps.sh  # left, step NAME MIN_SECONDS CMD...
 
 for s in "$@"; do
   case $s in
@@ -56,4 +44,4 @@ for s in "$@"; do
     *) echo "unknown step $s" ;;
   esac
 done
-tar czf "$OUT/session2.tgz" -C "$W" .
+tar czf "$OUT/full_test_and_kernels.tgz" -C "$W" .
