@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     a("--device", help="auto, cpu, cuda or cuda:N")
     a("--dtype", help="auto, bf16, fp16 or fp32")
     a("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    a("--inference", action=argparse.BooleanOptionalAction, default=None,
+      help="time a no-grad forward of each batch after training (inference_time_s; default on)")
     a("--precompile", metavar="N|auto", help="compile the runs N at a time before measuring them one by "
       "one (fills torch.compile's caches); 0 = off; auto = CPU cores // 4 on a GPU")
     a("--timeout", type=float, help="seconds per run, counted from its launch, before it is stopped "
@@ -96,6 +98,7 @@ def config_from_args(args) -> configs.Config:
                          ("warmup_steps", args.warmup), ("repeats", args.repeats), ("offline", args.offline),
                          ("dataset", args.dataset), ("init", args.init), ("device", args.device),
                          ("dtype", args.dtype), ("compile", args.compile), ("timeout_s", args.timeout),
+                         ("measure_inference", args.inference),
                          ("precompile", _precompile(args.precompile)), ("out", args.out)):
         if value is not None:
             over[field] = value

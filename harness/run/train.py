@@ -143,7 +143,6 @@ def seeded_prepare(cfg: Config, run: dict):
 def run(cfg: Config, run: dict, log=print) -> dict:
     """Train one configuration; returns {"rows", "info", "samples"}. Raises on failure."""
     device, s = seeded_prepare(cfg, run)
-    fvcore = fvcore_check(s)  # before the meter: tracing is not part of any step
     meter = Meter(device, interval_s=cfg.sample_interval_s)
     meter.start()
     try:
@@ -154,7 +153,8 @@ def run(cfg: Config, run: dict, log=print) -> dict:
         row.update(m)
         row["joules_per_token"] = row["energy_j"] / row["tokens"]
         row["gpu_power_counter_w"] = row["energy_j"] / row["window_s"] if row["window_s"] > 0 else math.nan
-    info = dict(run_info(cfg, s, device, rows, energy, meter), **fvcore)
+    # fvcore traces the model: after the measured steps and their compiled graphs, outside the meter
+    info = dict(run_info(cfg, s, device, rows, energy, meter), **fvcore_check(s))
     return {"rows": rows, "info": info, "samples": meter.samples()}
 
 
