@@ -84,8 +84,11 @@ CASES = [  # (mechanism, params, T, reference mask)
 
 
 def _run(name, params, q, k, v, padding, impl="chunked"):
-    module = StubAttention({**attentions.get(name).params, **params, "impl": impl})
-    return attentions.get(name).forward(module, q, k, v, padding, scaling=0.25)[0]  # (B, T, H, D)
+    """The mechanism's forward with impl; (B, T, H, D). Checks the chunked path is what runs."""
+    spec = attentions.get(name)
+    params = {**spec.params, **params, "impl": impl}
+    assert impl != "chunked" or spec.kernel(q.device, params).startswith("chunked pytorch")
+    return spec.forward(StubAttention(params), q, k, v, padding, scaling=0.25)[0]
 
 
 @pytest.mark.parametrize("name,params,T,mask", CASES)
