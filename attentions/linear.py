@@ -6,10 +6,14 @@ Approximate (a different model, not softmax attention). Chunked: inside a chunk 
 quadratic form (phi(Q) phi(K)^T, lower triangle) is used; across chunks a running state S (D x D)
 and normaliser z (D) carry everything earlier. The states of all chunks come from one cumulative
 sum, so memory is O(T/C * D^2 + T * C) - linear in T - and there is no Python loop over chunks.
-State and normaliser are computed in fp32: they are sums over thousands of positive terms.
+Everything is computed in fp32 with autocast switched off: the state and normaliser are sums
+over thousands of positive terms, and under fp16 autocast (pre-Ampere GPUs) the products
+phi(Q) phi(K)^T and phi(K)^T V overflow fp16's 65504 once |q|, |k| reach ~10 (inf / inf = NaN).
+The result, a convex combination of values, is cast back to the input dtype.
 The 1/sqrt(d) scaling of softmax attention does not apply (the paper uses none). Padded keys get
 phi(k) = 0; with right padding they are after every real token anyway.
 """
+import torch
 import torch.nn.functional as F
 
 from attentions.common import padding_of, params_of, self_check_inputs
@@ -50,8 +54,9 @@ def chunked(fq, fk, v, C):
 def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     # query, key, value (B, H, T, D); scaling unused (see docstring)
     p = params_of(module, PARAMS)
-    fq, fk, v = features(query, key, value, padding_of(attention_mask))
-    out = chunked(fq, fk, v, int(p["chunk_size"])).to(query.dtype)
+    with torch.autocast(query.device.type, enabled=False):  # fp32 matmuls, whatever the run's dtype
+        fq, fk, v = features(query, key, value, padding_of(attention_mask))
+        out = chunked(fq, fk, v, int(p["chunk_size"])).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None  # (B, T, H, D)
 
 
@@ -60,6 +65,12 @@ def reference(query, key, value, padding=None):
     fq, fk, v = features(query, key, value, padding)
     A = (fq @ fk.transpose(-1, -2)).tril()  # (B, H, T, T)
     return (A @ v) / (A.sum(-1, keepdim=True) + EPS)  # (B, H, T, D)
+
+
+def density(T, params):
+    """1.0: every query reads every earlier key, through phi(q) S_i (a dense causal kernel in
+    feature space, no softmax); its cost is flops(), linear in T."""
+    return 1.0
 
 
 def flops(B, H, T, D, params):
@@ -78,6 +89,7 @@ SPEC = register(AttentionSpec(
     exact=False,
     forward=forward,
     flops=flops,
+    density=density,
     params=PARAMS,
     kernel=lambda device, params, dtype=None, shape=None: "pytorch (chunked linear attention, fp32 state)",
     paper="Katharopoulos et al. 2020, Transformers are RNNs",
