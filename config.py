@@ -27,7 +27,8 @@ class Config:
     models: list[str] = field(default_factory=lambda: ["gpt2"])  # the original's default, model_name_list[2]
     attentions: list[str] | str = ALL        # "all" = all nine; SINGLE = baseline + flash
     seq_lens: list[int] = field(default_factory=lambda: [512])   # fits every GPT-2 size on a 16 GB T4
-    batch_size: int = 2                      # the original's batch_size_number
+    batch_size: int | str = 2                # the original's batch_size_number; "auto": the largest that
+                                             # fits this GPU (2 on a CPU), recorded in the manifest
     tokens_per_batch: int | None = None      # if set, batch_size = tokens_per_batch // seq_len (scaling)
     batches_per_epoch: int = 2               # the original's number_first_serveral_batch (2 for a test)
     epochs: int = 2                          # the original's max_epoch
@@ -89,9 +90,9 @@ PRESETS: dict[str, Config] = {
                                  device="cpu", sample_interval_s=0.02),
     # "Test all things but quickly": gpt2, all attentions, a few batches.
     "fast_test": dataclasses.replace(BASE, preset="fast_test", batches_per_epoch=3, epochs=2,
-                                     warmup_steps=2),
+                                     warmup_steps=2, batch_size="auto"),
     # The real measurement: enough warm-up and measured steps for a stable median and interval.
-    "full_test": dataclasses.replace(BASE, preset="full_test", seq_lens=[1024], batch_size=8,
+    "full_test": dataclasses.replace(BASE, preset="full_test", seq_lens=[1024], batch_size="auto",
                                      batches_per_epoch=20, epochs=2, warmup_steps=5, compile=True),
     # Where efficient attention overtakes exact: constant tokens per batch, growing context. The
     # model is not compiled (54 compiled runs take about an hour on an H200; uncompiled, about 15
@@ -143,7 +144,8 @@ def _check_plan(cfg: Config) -> None:
         if twice:
             raise UserError(f"attentions: {', '.join(twice)} named twice; use repeats to run a mechanism again")
     for name in ("batch_size", "batches_per_epoch", "epochs", "repeats"):
-        _positive_int(name, getattr(cfg, name))
+        if not (name == "batch_size" and cfg.batch_size == "auto"):
+            _positive_int(name, getattr(cfg, name))
     if not cfg.seq_lens or any(not isinstance(t, int) or t < 2 for t in cfg.seq_lens):
         raise UserError(f"seq_lens must be integers >= 2, got {cfg.seq_lens!r}")
     if cfg.tokens_per_batch is not None and cfg.tokens_per_batch < max(cfg.seq_lens):

@@ -31,6 +31,15 @@ def _ints(text: str) -> list[int]:
         raise UserError(f"expected integers separated by commas, got {text!r}") from None
 
 
+def _batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of sequences or 'auto', got {text!r}") from None
+
+
 def _precompile(text: str | None) -> int | str | None:
     if text is None or text == "auto":
         return text
@@ -55,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     a("--preset", help=f"one of {', '.join(configs.PRESETS)} (default: config.PRESET = {configs.PRESET!r})")
     a("--model", help="gpt2, gpt2-medium, gpt2-large, tiny, a comma list, or all")
     a("--attention", help="comma list of attention names, 'all', or 'single' (baseline + flash)")
-    a("--batch-size", type=int, help="sequences per batch (the original's batch_size_number)")
+    a("--batch-size", type=_batch, help="sequences per batch (the original's batch_size_number), or auto: "
+      "the largest that fits the GPU for every mechanism of the plan (2 on a CPU)")
     a("--seq-len", help="tokens per sequence; a comma list sweeps several")
     a("--steps", type=int, help="batches per epoch (the original's number_first_serveral_batch)")
     a("--epochs", type=int, help="epochs over those batches (the original's max_epoch)")

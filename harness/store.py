@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import UserError
+from metrics.caveats import caveats
 from metrics.catalog import BY_COLUMN, ID_COLUMNS, METRICS, QUALITY_COLUMNS
 
 # Our CSVs write a missing number as an empty field; text such as the status "nan" (a run whose
@@ -177,8 +178,10 @@ def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
             else:
                 row[m.column], row[f"{m.column}_lo"], row[f"{m.column}_hi"] = median_interval(vals)
         for k in ("energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "wall_s",
-                  "flops_forward", "flops_fvcore_forward"):
+                  "flops_forward", "flops_fvcore_forward", "memory_estimate_gb"):
             row[k] = math.nan if run.get(k) is None else run[k]
+        flags = meas["energy_flag"].tolist() if "energy_flag" in meas else []
+        row["caveats"] = "; ".join(caveats(row, run, flags)) if run.get("status") == "ok" else ""
         for k in ("world_size", "gpu"):  # torchrun / --gpus runs only: which ranks or GPU made the row
             if any(k in r for r in runs):
                 row[k] = run.get(k)

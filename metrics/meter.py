@@ -93,6 +93,7 @@ class Meter:
         if self.t_start is None:
             self.t_start = time.perf_counter()
             self.idle_power_w = self._measure_idle()
+            self.others_at_start = self.nvml.other_processes() if self.nvml is not None else None
         self.sampler.start()
         return self
 
@@ -110,6 +111,7 @@ class Meter:
         """Stop sampling, take one last sample, and complete every step's sampled columns: a
         step's window is only fully covered by samples taken after it ended."""
         self.sampler.stop()
+        self.others_at_stop = self.nvml.other_processes() if self.nvml is not None else None
         self.sampler.sample_once()
         self._sample_after_counter_update()
         counter = self._counter_points()
@@ -221,6 +223,12 @@ class Meter:
         t0 = self.t_start if self.t_start is not None else (times[0] if times else 0.0)
         return [{"t_s": t - t0, **dict(zip(SERIES_FIELDS, v))} for t, v in zip(times, values)]
 
+    def other_gpu_processes(self) -> list[dict] | None:
+        """Other processes seen on the GPU when the run started or stopped; None: not checked."""
+        seen = [p for p in (getattr(self, "others_at_start", None), getattr(self, "others_at_stop", None))
+                if p is not None]
+        return None if not seen else list({p["pid"]: p for ps in seen for p in ps}.values())
+
     def info(self) -> dict:
         """For manifest.json: where each number comes from, and why any column is NaN."""
         reasons = dict(self.nan_reasons)
@@ -234,7 +242,7 @@ class Meter:
         out.update({"device": str(self.device), "idle_power_w": self.idle_power_w,
                     "disk_counter_source": self.process.disk_source, "interval_s": self.interval_s,
                     "samples": len(self.sampler), "sampler_errors": list(self.sampler.errors),
-                    "nan_reasons": reasons})
+                    "nan_reasons": reasons, "other_gpu_processes": self.other_gpu_processes()})
         return out
 
 

@@ -157,6 +157,28 @@ class NvmlReader:
         nv, h = getattr(self, "nv", None), self.handle
         return self._query("energy_j", lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h))
 
+    def memory_total_mb(self) -> float:
+        """The board's memory, MB (NaN if unreadable)."""
+        nv, h = getattr(self, "nv", None), self.handle
+        return self._query("memory_total_mb", lambda: nv.nvmlDeviceGetMemoryInfo(h).total / 1e6)
+
+    def other_processes(self) -> list[dict] | None:
+        """Processes other than this one using the GPU (compute and graphics), as optimum-benchmark's
+        device-isolation check sees them: [{pid, used_mb}], or None where NVML cannot list them.
+        A process in another container shows with its pid there, or none at all."""
+        if not self.available:
+            return None
+        import os
+        found = {}
+        for call in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            try:
+                for proc in getattr(self.nv, call)(self.handle):
+                    used = getattr(proc, "usedGpuMemory", None)
+                    found[proc.pid] = dict(pid=proc.pid, used_mb=used / 1e6 if isinstance(used, int) else NAN)
+            except Exception:
+                return None
+        return [v for pid, v in sorted(found.items()) if pid != os.getpid()]
+
     def info(self) -> dict:
         return {"nvml_available": self.available, "nvml_reason": self.reason,
                 "nvml_index": self.index, "nvml_match": self.how, "gpu_name": self.name,

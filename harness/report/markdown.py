@@ -6,7 +6,8 @@ from pathlib import Path
 
 from harness.report import breakdown, plots
 from harness.report.results import load
-from harness.report.tables import failures, flop_check, interval_table, md_table, not_measured, summary_table
+from harness.report.tables import (failures, flop_check, interval_table, md_table, not_measured, read_with_care,
+                                   summary_table)
 from harness.store import write_text
 from metrics.catalog import label
 
@@ -48,6 +49,7 @@ def write_report(folder, plot_paths=None) -> Path:
           f"CPU {env.get('cpu')} x{env.get('cpu_count')}; torch {env.get('torch')}, "
           f"transformers {env.get('transformers')}", "", "## Summary (medians over measured batches)", "",
           md_table(summary_table(r)), ""]
+    md += ["## Read with care", ""] + ([f"- {x}" for x in read_with_care(r)] or ["nothing to flag"]) + [""]
     md += ["## Not measured on this machine", ""] + ([f"- {label(c)}: {why}" for c, why in not_measured(r).items()]
                                                      or ["everything was measured"])
     md += ["", "## Runs without a result", ""] + ([f"- {x}" for x in failures(r)] or ["none"])
@@ -69,7 +71,10 @@ def finish(folder) -> None:
     """Plots, report.md and the summary table at the end of a sweep (also after an interruption)."""
     make_plots(folder)
     path = write_report(folder)
-    print(summary_table(load(folder)).to_string(index=False, na_rep="-"))
+    r = load(folder)
+    print(summary_table(r).to_string(index=False, na_rep="-"))
+    for line in read_with_care(r):
+        print(f"read with care: {line}")
     print(f"\nresults: {folder}\nreport:  {path}")
 
 

@@ -9,7 +9,7 @@ from harness.report import breakdown
 from harness.report.display import display
 from harness.report.markdown import make_plots, plot_rank
 from harness.report.results import NoResults, latest, load
-from harness.report.tables import failures, not_measured, summary_table
+from harness.report.tables import failures, not_measured, read_with_care, summary_table
 
 
 def show(n=1, root="results", all_plots: bool = False) -> None:
@@ -38,6 +38,8 @@ def show(n=1, root="results", all_plots: bool = False) -> None:
         print(f"not measured here: {', '.join(cols)}: {why}")
     for line in failures(r):
         print(f"no result: {line}")
+    for line in read_with_care(r):
+        print(f"read with care: {line}")
     pngs = sorted((r.folder / "plots").glob("*.png"), key=plot_rank) or make_plots(r.folder)  # from the CSVs
     display(images=pngs if all_plots else [p for p in pngs if p.stem in ("overview", "loss_curves")])
     print(f"all {len(pngs)} plots in {r.folder / 'plots'}; report: {r.folder / 'report.md'}")

@@ -9,10 +9,11 @@ import pandas as pd
 
 from harness.report import plots
 from harness.report.results import Result
+from metrics.caveats import caveats
 from metrics.catalog import METRICS, label
 
-TABLE = ["train_time_s", "tokens_per_s", "inference_time_s", "gpu_memory_mb", "memory_gb", "gpu_power_w",
-         "gpu_util_percent", "joules_per_token", "loss"]     # the readable summary's metrics
+TABLE = ["train_time_s", "tokens_per_s", "inference_time_s", "gpu_memory_mb", "memory_estimate_gb", "memory_gb",
+         "gpu_power_w", "gpu_util_percent", "joules_per_token", "loss", "attention_density"]     # the readable summary's metrics
 ID = ["model", "attention", "kernel", "seq_len", "batch_size"]
 
 
@@ -54,6 +55,22 @@ def failures(result: Result) -> list[str]:
     rep = "repeat" in bad and result.summary.repeat.nunique() > 1
     return [f"{x.model} {x.attention} seq_len {x.seq_len}{f' repeat {x.repeat}' if rep else ''}: {x.status}: "
             f"{x.reason}".rstrip(": ") for x in bad.itertuples()]
+
+
+def read_with_care(result: Result) -> list[str]:
+    """One line per ok run with a reason not to take its numbers at face value (metrics/caveats.py);
+    computed here for a folder written before summary.csv had the column."""
+    runs = {r["run_id"]: r for r in result.manifest.get("runs", [])}
+    lines = []
+    for x in result.summary[result.summary.status == "ok"].to_dict("records"):
+        why = x.get("caveats")
+        if not isinstance(why, str):
+            flags = result.batches.loc[result.batches.run_id == x["run_id"], "energy_flag"].tolist() \
+                if "energy_flag" in result.batches else []
+            why = "; ".join(caveats(x, runs.get(x["run_id"], {}), flags))
+        if why:
+            lines.append(f"{x['model']} {x['attention']} seq_len {x['seq_len']}: {why}")
+    return lines
 
 
 def not_measured(result: Result) -> dict[str, str]:

@@ -173,6 +173,7 @@ def run_info(cfg: Config, s: Setup, device, rows: list[dict], energy: float, met
                 flops_per_step=s.flops, palm_flops_per_token=s.palm, peak_tflops=s.peak,
                 metrics=meter.info(), phases=phases, compile_cache=compile_cache())
     info["idle_power_w"] = info["metrics"].get("idle_power_w", math.nan)
+    info["other_gpu_processes"] = info["metrics"].get("other_gpu_processes")
     return info
 
 

@@ -5,6 +5,7 @@ GPUs checked before the results folder exists. The caller (main.py) writes the r
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from config import Config
@@ -12,7 +13,7 @@ from harness.errors import UserError
 from harness.run import ddp
 from harness.run.data import make_batches
 from harness.run.tokenizer import get_tokenizer
-from harness.sweep import torchrun
+from harness.sweep import memory_plan, torchrun
 from harness.sweep.launchers import GpuPool, OneAtATime, parse_gpus
 from harness.sweep.ledger import Sweep
 from harness.sweep.plan import plan, select_shard, shard_label
@@ -43,15 +44,31 @@ def run_sweep(cfg: Config | None, resume: str | None = None, shard=None, gpus: s
         batches = prepare_data(cfg, sweep.pending())
     else:
         gpu_list = parse_gpus(gpus, cfg.device) if gpus else None
+        cfg, batch_auto = memory_plan.resolve_batch(cfg)
         runs = select_shard(plan(cfg), shard)
         if not runs:
             print(f"shard {shard_label(shard)} holds no run of this {len(plan(cfg))}-run plan: nothing to do")
             return None
         batches = prepare_data(cfg, runs)
         sweep = Sweep.create(cfg, shard=shard)
+        if batch_auto:
+            sweep.manifest["batch_auto"] = batch_auto
+            print(f"batch_size auto: {batch_auto['batch_size']} ({batch_auto['why']})")
+    refuse_hopeless(sweep)
     sweep.save_data(batches)
     if gpu_list:
         sweep.manifest["gpus"] = gpu_list
     print(f"attention-bench: preset {cfg.preset}, {len(sweep.runs)} runs -> {sweep.folder}", flush=True)
     sweep.run_all(launcher or (GpuPool(gpu_list) if gpu_list else OneAtATime(progress)))
     return sweep.folder
+
+
+def refuse_hopeless(sweep: Sweep) -> None:
+    """Each pending run's memory estimate into its manifest entry; a run far past the device's
+    memory ends as oom at once, before minutes are spent finding out."""
+    for run in sweep.pending():
+        est, why = memory_plan.check(sweep.cfg, [run])[run["run_id"]]
+        run["memory_estimate_gb"] = est / 1e9
+        if why:
+            sweep.end(run, dict(status="oom", reason=why), time.perf_counter())
+    sweep.save()

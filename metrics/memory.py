@@ -1,0 +1,57 @@
+"""An estimate of a training run's peak memory, made before it runs, and recorded beside the
+measured peak (summary.csv: memory_estimate_gb next to gpu_memory_mb / memory_gb) so the
+estimate itself can be checked.
+
+  weights + optimizer   16 bytes a parameter: fp32 weights, fp32 gradients, AdamW's two moments
+  activations           per layer 34 * B*T*E bytes at 16-bit, twice that in fp32 (Korthikanti
+                        et al. 2022, "Reducing Activation Recomputation", section 4.1, without
+                        the attention scores, which flash-style kernels never store)
+  attention scores      the mechanisms that keep scores for the backward: (2 * dtype + 1) bytes
+                        a stored pair a head a layer (scores, probabilities, mask)
+  logits                B*T*V * (dtype + 4 + 4): the LM head's output, its fp32 copy for the
+                        loss, and its gradient
+  runtime               0.5 GB: CUDA context, cuBLAS workspace, allocator slack
+
+An estimate, not a bound: fragmentation and kernel workspaces add to it, so a run is refused
+only far past the memory the device has (RUNNER_REFUSE), and warned about past it.
+"""
+from __future__ import annotations
+
+RUNTIME_BYTES = 0.5e9
+HEADROOM = 0.8          # batch auto fills at most this fraction of the device's memory
+AUTO_TOKENS = 65536     # batch auto stops at this many tokens a step: enough to keep a GPU busy
+
+# Score pairs a (batch row, head, layer) keeps for the backward, by mechanism: (T, params) -> pairs.
+STORED_PAIRS = {
+    "baseline": lambda T, p: T * T,                                            # eager: the full matrix
+    "lsh": lambda T, p: 2 * int(p.get("n_hashes", 2)) * T * 2 * int(p.get("bucket_size", 64)),  # matmul path
+    "linear": lambda T, p: T * int(p.get("chunk_size", 64)),                  # intra-chunk tiles
+}
+
+
+def gpt2_params(n_layer: int, n_embd: int, vocab: int, positions: int) -> int:
+    """GPT-2's parameter count: per block 12 E^2 + 13 E, the tied token embedding, positions, ln_f."""
+    return n_layer * (12 * n_embd * n_embd + 13 * n_embd) + vocab * n_embd + positions * n_embd + 2 * n_embd
+
+
+def estimate_bytes(n_layer: int, n_embd: int, n_head: int, vocab: int, positions: int, B: int, T: int,
+                   attention: str, params: dict | None = None, dtype_bytes: int = 2) -> float:
+    """Peak bytes of one training step of GPT-2 with this attention at batch B, length T."""
+    n = gpt2_params(n_layer, n_embd, vocab, positions)
+    act = n_layer * 34 * B * T * n_embd * (dtype_bytes / 2)
+    pairs = STORED_PAIRS.get(attention, lambda T, p: 0)(T, params or {})
+    scores = n_layer * B * n_head * pairs * (2 * dtype_bytes + 1)
+    logits = B * T * vocab * (dtype_bytes + 8)
+    return 16 * n + act + scores + logits + RUNTIME_BYTES
+
+
+def largest_batch(fits, T: int, cap_tokens: int = AUTO_TOKENS) -> int:
+    """The largest B >= 1 with B * T <= cap_tokens for which fits(B) holds (fits is monotone)."""
+    best, B = 1, 1
+    while B * T <= cap_tokens and fits(B):
+        best, B = B, B * 2
+    lo, hi = best, min(B, max(1, cap_tokens // T))  # refine between the last power of 2 that fit and the next
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return max(1, lo)

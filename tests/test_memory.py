@@ -1,0 +1,50 @@
+"""Memory before a run: the estimate's terms, batch auto, and a run far past the device refused."""
+import json
+
+import pytest
+
+import config
+import main
+from harness.sweep import memory_plan
+from metrics.memory import estimate_bytes, gpt2_params, largest_batch
+
+
+def test_gpt2_parameter_count_is_the_checkpoints():
+    assert gpt2_params(12, 768, 50257, 1024) == 124_439_808  # GPT-2 small, tied LM head
+
+
+def test_only_materialising_mechanisms_pay_for_the_scores():
+    args = dict(n_layer=12, n_embd=768, n_head=12, vocab=50257, positions=8192, B=4)
+    grow = {a: estimate_bytes(T=8192, attention=a, **args) - estimate_bytes(T=4096, attention=a, **args)
+            for a in ("baseline", "sdpa")}
+    scores_8k = 12 * 4 * 12 * 8192 ** 2 * 5  # layers x B x heads x T^2 x (2 x 2 + 1) bytes
+    assert grow["baseline"] - grow["sdpa"] == pytest.approx(scores_8k * (1 - 1 / 4))
+
+
+def test_largest_batch_is_the_largest_that_fits_under_the_token_cap():
+    assert largest_batch(lambda B: B <= 37, T=512) == 37
+    assert largest_batch(lambda B: True, T=512, cap_tokens=65536) == 128
+    assert largest_batch(lambda B: False, T=512) == 1  # one row is the least a run can take
+
+
+def test_batch_auto_fills_the_gpu_for_the_hungriest_mechanism(monkeypatch):
+    monkeypatch.setattr(memory_plan, "device_memory", lambda cfg: (24e9, "GPU 0 (NVIDIA L4), NVML"))
+    cfg = config.get_preset("fast_test")
+    resolved, record = memory_plan.resolve_batch(cfg)
+    B = resolved.batch_size
+
+    def peak(b, a="baseline"):  # baseline keeps the T x T scores: the hungriest at T = 512
+        return memory_plan.estimate(resolved, dict(model="gpt2", seq_len=512, batch_size=b, attention=a), True)
+
+    assert isinstance(B, int) and record["batch_size"] == B and record["memory_from"].startswith("GPU")
+    assert peak(B) <= 0.8 * 24e9 < peak(B + 1) and peak(B + 1, "sdpa") < peak(B + 1)
+    monkeypatch.setattr(memory_plan, "device_memory", lambda cfg: (24e9, "host RAM (psutil)"))
+    assert memory_plan.resolve_batch(cfg)[0].batch_size == memory_plan.CPU_BATCH  # the CPU keeps small batches
+
+
+def test_a_run_far_past_the_memory_is_oom_at_once_with_its_estimate(tmp_path, capsys):
+    code = main.main(["--preset", "smoke", "--attention", "sdpa", "--seq-len", "100000", "--out", str(tmp_path)])
+    (folder,) = [f for f in tmp_path.iterdir() if (f / "manifest.json").exists()]
+    (run,) = json.loads((folder / "manifest.json").read_text())["runs"]
+    assert code == 1 and run["status"] == "oom" and run["reason"].startswith("not started: its estimated peak")
+    assert run["memory_estimate_gb"] > 48 and run["wall_s"] < 1
