@@ -108,14 +108,14 @@ def main(argv=None):
                for _ in range(3))
     a = slot_layout(lsh.assign(q, k, None, lsh.PARAMS, 0), c)
     S = a.slot_bucket.shape[-1]
-    on_slots = (lsh._place(q, a.q_slot, S).flatten(1, 2), *(lsh._place(x, a.k_slot, S).flatten(1, 2) for x in (k, v)))
+    on_slots = (lsh.place(q, a.q_slot, S).flatten(1, 2), *(lsh.place(x, a.k_slot, S).flatten(1, 2) for x in (k, v)))
     num, idx = band_blocks(S, c, device)
 
     def band(mask_mod):
         return BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=BLOCK, seq_lengths=(S, S), mask_mod=mask_mod)
     rows = lsh.flex_rows(a, c)
     L = rows.q_code.shape[-1]
-    compact = (lsh._place(q, rows.q_rank, L).flatten(1, 2), *(lsh._place(x, rows.k_rank, L).flatten(1, 2) for x in (k, v)))
+    compact = (lsh.place(q, rows.q_rank, L).flatten(1, 2), *(lsh.place(x, rows.k_rank, L).flatten(1, 2) for x in (k, v)))
     cases = {  # name: (q, k, v, block mask, rows that are queries)
         "five loads": (*on_slots, band(five_loads(slot_positions(a).flatten(1, 2), a.slot_isk.flatten(1, 2),
                                                   a.slot_bucket.flatten(1, 2), c)), a.q_slot),
@@ -133,7 +133,7 @@ def main(argv=None):
         def fwd():
             return flex(*x, block_mask=mask)
         with torch.no_grad():
-            outs[name] = lsh._take(fwd().view(*queries.shape[:3], -1, D), queries).float()  # each query's row
+            outs[name] = lsh.take(fwd().view(*queries.shape[:3], -1, D), queries).float()  # each query's row
         line = f"{name:>12}: sparsity {mask.sparsity():.1f}%, fwd {1e3 * median_time(fwd, device, args.repeats):.2f} ms"
         if cuda:
             grad = torch.randn_like(x[0])
