@@ -1,65 +1,59 @@
-"""lsh: Reformer-style LSH attention (Kitaev et al. 2020), strictly causal.
+"""lsh: Reformer-style LSH attention (Kitaev et al. 2020, Reformer: The Efficient Transformer,
+sections 2.2-2.3), strictly causal, in value as well as in pattern.
 
 Hashing: angular LSH with random rotations (Andoni et al. 2015): bucket(x) = argmax([xR; -xR]),
-R a fixed random (D, n_buckets/2) matrix per layer, head and hash round (seeded). Reformer ties
-Q and K (shared-QK); GPT-2 has separate Q and K projections, so here q and k are both hashed
-with the same rotations: a query lands in the bucket of keys pointing the same way.
+R a fixed random (D, n_buckets/2) matrix per layer, head and hash round (seeded); n_buckets=1
+puts everything in one bucket. Reformer ties Q and K (shared-QK); GPT-2 has separate Q and K
+projections, so q and k are both hashed with the same rotations.
 
-Sorting and chunking: per round, all 2T items (T queries, T keys) are sorted by (bucket,
-position), and each bucket's items are cut into chunks of bucket_size; a query attends to the
-keys of its own chunk and of the previous chunk of the same bucket, earlier in position than
-itself (causal by ORIGINAL position), padded keys masked, plus always its own key.
+Sorting and chunking: per round, the 2T items (T queries, T keys) are ordered by (bucket,
+position), ties at one position broken query before key, and each bucket's items are cut into
+chunks of bucket_size c. A query attends to the real keys of its own chunk and of the previous
+chunk of its bucket that are earlier in position (strictly), plus always its own key. Chunks
+restart at each bucket (Reformer chunks the global sorted order, where a token's chunk depends on
+how many LATER tokens fell into lower buckets): a query's keys depend only on tokens at or before
+it.
 
-Why chunks restart at each bucket (a deviation from Reformer, which chunks the global sorted
-order): with global chunks a token's chunk depends on how many LATER tokens fell into lower
-buckets, so future tokens change which past keys a query sees - the model could read the future
-through the sort. Chunking per bucket by rank makes the set a query sees depend only on tokens
-at or before it. Each bucket is padded to whole chunks in a slot layout of fixed size, so it all
-runs as batched matmuls: memory O(n_hashes * T * bucket_size), linear in T.
+Rounds and duplicates (dedup=True, the default; Reformer's appendix on multi-round attention):
+each round r gives out_r and its log-sum-exp lse_r, and out = sum_r softmax_r(lse_r) out_r. A
+key found in N_ij rounds would weigh N_ij times; each score gets -log N_ij instead (the own key,
+found in all R rounds, -log R), so out is softmax over the union of the found keys, each once.
+N_ij is counted per candidate pair from the per-round (bucket, chunk) codes of i and j
+(lsh_layout.round_codes): 2R integer compares per pair, O(R^2 T c) per head, no multiply-adds.
+dedup=False keeps the round-weighted union. reference() is that softmax, O(T^2), from counts().
 
-Kernels: impl="auto" (the default) is "flex" on CUDA and "matmul" elsewhere.
+Kernels: impl="auto" is "flex" on CUDA from compute capability 8.0 and "matmul" below it and on
+CPU; impl="flex" is flex on any CUDA device; SPEC.kernel names the one that runs.
 
-impl="flex" runs the chunks on CUDA as ONE FlexAttention call (flex_chunk_attention), rounds as
-extra heads, over COMPACT ROWS (flex_rows): per (batch, head, round) the T queries in the order
-of their slots and the T keys in the order of theirs. Each item carries one int32 code, bucket *
-span + slot, and a query sees exactly the keys whose code lies in [(code // c - 1) * c, code): its
-bucket, its own and the previous chunk, earlier in position (window_mask: one load per query row,
-one per key row). Since both orders are slot order, each block of 128 queries needs one run of
-key blocks (rows_block_mask, about 2.25 of 16 at T = 2048). flex differentiates the returned
-log-sum-exp, which combines the rounds. On the H200 (2026-11-29, 131k tokens, T = 2048, fwd+bwd,
-compiled) it takes 11.5 ms, baseline 23.8 ms; peak memory 4.4 GB at every T.
+impl="matmul" (lsh_matmul.py, every device): batched matmuls per chunk over the SLOT layout
+(lsh_layout.py), all 2T items at their slots with each bucket padded to whole chunks (~3T rows
+per round), c x 2c score tiles in memory: O(R T c) time and memory.
 
-impl="matmul" runs batched matmuls per chunk over the SLOT layout (chunk_attention), on every
-device: all 2T items at their slots, each bucket padded to whole chunks (S ~ 3T rows). The items
-are SCATTERED into the slot layout (each has one slot, so the backward is a gather; gathering from
-the slots made the backward scatter_add with atomics), keys and values into one flat layout whose
-chunk views need no copies, and each query's row is taken back with a gather whose backward is a
-plain scatter (_TakeSlots). On the H200 at the size above: 23.9 ms, 14.9 GB. It computes every
-slot's row, key slots and padding included, and its c x c score tiles go through memory.
-
-The flex path ran over the slot layout until session 5: 177 ms end to end with a mask reading
-five int64/bool values per score; flex alone there took 14.5 ms with two int32 loads, and takes
-6.2 ms on compact rows (benchmarks/flex_mask_loads.py keeps the slot-layout masks and times all).
-
-Rounds: each round r gives out_r and its log-sum-exp lse_r; out = sum_r softmax_r(lse_r) out_r.
-This is softmax over the union of the rounds' keys where a key found in m rounds weighs m times
-(Reformer without its duplicate correction); reference() builds exactly that from the
-assignment, as softmax(QK^T * scale + log(count)) over count > 0.
+impl="flex" (lsh_flex.py, CUDA): one FlexAttention call, rounds as heads, over PAGES: per round
+the queries and the keys each on pages of 128 rows (flex's block), one bucket per page in
+position order, a page numbered when its first item comes. A row thus depends only on the items
+at or before it, each query page visits the key pages of its bucket that hold its window, in
+page order, and a query's keys are summed in an order fixed by the past: outputs at positions
+<= t are bit-identical whatever follows t (the matmul path's are too: its tiles are chunks).
+Cost: about the tiles of compact rows (~2.3 key pages per 128 queries at T = 2048, c = 64: O(T c)
+block list, well below the T^2 / 2 / 128^2 of dense causal attention), but up to
+T + 127 min(nb, T) rows per round (~3T at the defaults) for q, k and v.
 """
 import functools
 
 import torch
 
 from attentions.common import flex_unavailable, naive_attention, padding_of, params_of, self_check_inputs
-from attentions.lsh_flex import FLEX_BLOCK, flex_chunk_attention, flex_rows, rows_block_mask  # noqa: F401
+from attentions.lsh_flex import FLEX_BLOCK, flex_chunk_attention, flex_rows, n_pages, rows_block_mask  # noqa: F401
 from attentions.lsh_layout import Assignment, key_buckets, n_slots, place, slots, take  # noqa: F401
 from attentions.lsh_matmul import chunk_attention
 from attentions.registry import AttentionSpec, register
 from harness.errors import UserError
 
-# n_buckets 0 = ~T/bucket_size; impl: "flex" (one FlexAttention call, CUDA only), "matmul" (batched
-# matmuls per chunk, every device) or "auto" (flex where it runs, matmul elsewhere)
-PARAMS = {"n_hashes": 2, "bucket_size": 64, "n_buckets": 0, "seed": 0, "impl": "auto"}
+# n_buckets 0 = ~T/bucket_size (1: no hashing, one bucket); impl: "flex" (one FlexAttention call,
+# CUDA only), "matmul" (batched matmuls per chunk, every device) or "auto" (flex on CUDA from compute
+# capability 8.0, matmul elsewhere); dedup: Reformer's correction for keys found in several rounds
+PARAMS = {"n_hashes": 2, "bucket_size": 64, "n_buckets": 0, "seed": 0, "impl": "auto", "dedup": True}
 IMPLS = ("auto", "flex", "matmul")
 
 
@@ -81,6 +75,8 @@ def rotations(seed, layer_idx, H, D, nb, R, device, dtype):
 @torch.no_grad()
 def hash_buckets(x, rot):
     """x (B, H, T, D), rot (H, R, D, nb/2) -> buckets (B, H, R, T); T in parts to bound memory."""
+    if rot.shape[-1] == 0:  # one bucket
+        return x.new_zeros(x.shape[0], rot.shape[0], rot.shape[1], x.shape[2], dtype=torch.long)
     parts = []
     for part in x.split(2048, dim=2):
         proj = torch.einsum("bhtd,hrdn->bhrtn", part, rot)  # (B, H, R, t, nb/2)
@@ -90,9 +86,8 @@ def hash_buckets(x, rot):
 
 def module_rotations(module, query, p):
     """The layer's rotations, kept as a non-persistent buffer of its attention module: built in
-    the eager forward train.py runs before compiling, then a plain graph input. Built inside the
-    compiled graph (a torch.Generator), they broke the graph and made dynamo recompile the LSH
-    forward once per layer until its limit, then run it eagerly (seen on the H200)."""
+    the eager forward train.py runs before compiling, then a plain graph input (built inside the
+    compiled graph, a torch.Generator breaks the graph and dynamo recompiles per layer)."""
     B, H, T, D = query.shape
     nb, R = n_buckets(T, p), int(p["n_hashes"])
     rot = getattr(module, "lsh_rotations", None)
@@ -118,31 +113,70 @@ def assign(query, key, padding, p, layer_idx, rot=None):
         return slots(hq, hk, real[:, None, None, :], int(p["bucket_size"]), nb)
 
 
-def uses_flex(device, params) -> bool:
-    """impl "flex" or "auto" on CUDA (compiled, with a backward); the batched-matmul path otherwise
-    (flex has no CPU backward). While torch.compile traces, triton is there (inductor's CUDA code
-    is triton): the check is skipped, since dynamo cannot trace it (a graph break per layer)."""
+_CAPABILITY = {}  # CUDA device index -> compute capability, asked once (dynamo traces a dict lookup)
+
+
+def capability(device):
     device = torch.device(device)
-    return (params.get("impl") in ("auto", "flex") and device.type == "cuda"
-            and (torch.compiler.is_compiling() or flex_unavailable(device) is None))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = tuple(torch.cuda.get_device_capability(index))
+    return _CAPABILITY[index]
+
+
+def chosen_impl(device, params) -> str:
+    """"flex" or "matmul": impl "flex" on CUDA, and "auto" on CUDA from compute capability 8.0
+    (Ampere; on older GPUs triton's flex kernels are slow or missing bf16), matmul otherwise
+    (flex has no CPU backward). While torch.compile traces, triton is there (inductor's CUDA code
+    is triton): that check is skipped, since dynamo cannot trace it (a graph break per layer)."""
+    device = torch.device(device)
+    impl = params.get("impl")
+    if device.type != "cuda" or impl not in ("auto", "flex"):
+        return "matmul"
+    if impl == "auto" and capability(device) < (8, 0):
+        return "matmul"
+    ok = torch.compiler.is_compiling() or flex_unavailable(device) is None
+    return "flex" if ok else "matmul"
+
+
+def uses_flex(device, params) -> bool:
+    return chosen_impl(device, params) == "flex"
+
+
+def kernel_name(device, params, dtype=None, shape=None) -> str:
+    if uses_flex(device, params):
+        return "flex_attention (lsh compact rows in pages, torch.compile, triton)"
+    return "pytorch (sort + chunked matmuls)"
 
 
 def check_params(model, params, init):
-    """At install: an unknown impl is the user's error, before anything runs."""
+    """At install: an unknown impl or an odd bucket count is the user's error, before anything runs."""
     if params.get("impl") not in IMPLS:
         raise UserError(f"lsh: impl={params.get('impl')!r}; choose one of {', '.join(IMPLS)}")
+    nb = int(params.get("n_buckets", 0))
+    if nb < 0 or (nb > 1 and nb % 2):
+        raise UserError(f"lsh: n_buckets={nb}; angular hashing gives an even count (or 1, or 0: ~T/bucket_size)")
+
+
+def attention(query, key, value, padding, p, scaling, rot=None, flex=False, flex_fn=None):
+    """query, key, value (B, H, T, D) -> (B, H, T, D): every round's chunks (flex: one FlexAttention
+    call, flex_fn the flex_attention to call, default compiled), then the rounds combined."""
+    a = assign(query, key, padding, p, 0, rot)
+    c, dedup = int(p["bucket_size"]), bool(p.get("dedup", True))
+    if flex:
+        out, lse = flex_chunk_attention(query, key, value, a, c, scaling, flex=flex_fn, dedup=dedup)
+    else:
+        out, lse = chunk_attention(query, key, value, a, c, scaling, dedup=dedup)
+    weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, H, R, T, 1) combine the rounds
+    return (weights * out).sum(2).to(query.dtype)      # (B, H, T, D)
 
 
 def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     # query, key, value (B, H, T, D)
     p = params_of(module, PARAMS)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    flex = uses_flex(query.device, p)
-    a = assign(query, key, padding_of(attention_mask), p, None, module_rotations(module, query, p))
-    chunked = flex_chunk_attention if flex else chunk_attention
-    out, lse = chunked(query, key, value, a, int(p["bucket_size"]), scaling)
-    weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, H, R, T, 1) combine the rounds
-    out = (weights * out).sum(2).to(query.dtype)       # (B, H, T, D)
+    out = attention(query, key, value, padding_of(attention_mask), p, scaling,
+                    module_rotations(module, query, p), uses_flex(query.device, p))
     return out.transpose(1, 2).contiguous(), None      # (B, T, H, D)
 
 
@@ -167,21 +201,34 @@ def counts(a: Assignment, c, padding=None):
 
 
 def reference(module, query, key, value, padding=None, scaling=None):
-    """O(T^2) masked softmax over the same bucket assignment, keys weighted by their round count."""
+    """O(T^2) masked softmax over the same bucket assignment: over the union of the keys the rounds
+    find, each once (dedup, Reformer's), or each weighted by its round count (dedup=False)."""
     p = params_of(module, PARAMS)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     a = assign(query, key, padding, p, getattr(module, "layer_idx", 0))
     n = counts(a, int(p["bucket_size"]), padding)
-    return naive_attention(query, key, value, n > 0, scaling, n.clamp(min=1).float().log())
+    weight = None if p.get("dedup", True) else n.clamp(min=1).float().log()
+    return naive_attention(query, key, value, n > 0, scaling, weight)
+
+
+def pairs(T, params):
+    """Query/key pairs computed per head: per round each of the T queries against its 2c + 1
+    candidate keys (previous chunk, own chunk, own key), the same for both paths."""
+    return int(params["n_hashes"]) * T * (2 * int(params["bucket_size"]) + 1)
 
 
 def flops(B, H, T, D, params):
-    """Per round: hashing q and k (T x D x nb/2 each), and each of the T queries against its 2c + 1
-    candidate keys (previous chunk, own chunk, own key), QK^T and PV: the algorithm's count, the
-    same for both paths. (The matmul path computes every slot's row, about 3T of them; the flex
-    path the query rows, in 128 x 128 tiles.)"""
-    c, R, nb = int(params["bucket_size"]), int(params["n_hashes"]), n_buckets(T, params)
-    return B * H * R * (2 * 2 * T * (2 * c + 1) * D + 2 * T * D * nb)
+    """QK^T and PV over pairs(T), plus hashing q and k per round (T x D x nb/2 each): the
+    algorithm's count. (The matmul path computes every slot's row, about 3T per round; the flex
+    path whole 128 x 128 tiles.) The duplicate correction adds 2R integer compares and a log per
+    pair, no multiply-adds: not counted."""
+    R, nb = int(params["n_hashes"]), n_buckets(T, params)
+    return B * H * (2 * 2 * pairs(T, params) * D + R * 2 * T * D * nb)
+
+
+def density(T, params):
+    """The fraction of the T (T + 1) / 2 causal pairs that pairs(T) computes, at most 1."""
+    return min(1.0, pairs(T, params) / (T * (T + 1) / 2))
 
 
 SPEC = register(AttentionSpec(
@@ -190,10 +237,9 @@ SPEC = register(AttentionSpec(
     exact=False,
     forward=forward,
     flops=flops,
+    density=density,
     params=PARAMS,
-    kernel=lambda device, params, dtype=None, shape=None: (
-        "flex_attention (lsh compact rows, torch.compile, triton)" if uses_flex(device, params)
-        else "pytorch (sort + chunked matmuls)"),
+    kernel=kernel_name,
     prepare_model=check_params,
     paper="Kitaev et al. 2020, Reformer: The Efficient Transformer",
 ))

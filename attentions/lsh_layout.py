@@ -21,6 +21,7 @@ class Assignment(NamedTuple):
     k_slot: torch.Tensor      # (B, H, R, T) slot of each key
     slot_isk: torch.Tensor    # (B, H, R, S) slot holds a real (unpadded) key
     slot_bucket: torch.Tensor  # (B, H, R, S) bucket of the slot's item, -1 if empty
+    bucket_slot: torch.Tensor  # (B, H, R, nb) first slot of each bucket (a multiple of c)
 
 
 def slots(hq, hk, key_real, c, nb):
@@ -45,7 +46,25 @@ def slots(hq, hk, key_real, c, nb):
     return Assignment(
         hq, hk, q_slot, k_slot,
         torch.zeros(shape, dtype=torch.bool, device=hq.device).scatter_(-1, k_slot, key_real.expand_as(hk)),
-        torch.full(shape, -1, dtype=torch.long, device=hq.device).scatter_(-1, item_slot, bucket))
+        torch.full(shape, -1, dtype=torch.long, device=hq.device).scatter_(-1, item_slot, bucket), pstart)
+
+
+def orders(a: Assignment):
+    """(B, H, R, T) each query's and each key's index in its bucket's (position, query before key)
+    order: it counts only the items of its bucket at or before its position."""
+    return a.q_slot - a.bucket_slot.gather(-1, a.hq), a.k_slot - a.bucket_slot.gather(-1, a.hk)
+
+
+def round_codes(a: Assignment, c):
+    """(B, H, T, R) per query and per key its code in every round, bucket * big + chunk: key j is
+    in query i's window of round r (given j < i) iff 0 <= q[i, r] - k[j, r] <= 1 (same bucket,
+    own or previous chunk; big >= the chunks per bucket + 2, so no other bucket is that close)."""
+    T = a.hq.shape[-1]
+    big = 2 * T // c + 2
+    q_order, k_order = orders(a)
+    dtype = torch.int32 if a.bucket_slot.shape[-1] * big < 2 ** 31 else torch.long
+    return ((a.hq * big + q_order // c).to(dtype).transpose(-1, -2),
+            (a.hk * big + k_order // c).to(dtype).transpose(-1, -2))
 
 
 def place(x, slot, S):

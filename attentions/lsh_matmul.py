@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from attentions.lsh_layout import key_buckets, place, place_flat, take
+from attentions.lsh_layout import key_buckets, place, place_flat, round_codes, take
 
 
 def chunk_masks(a, c):
@@ -29,6 +29,26 @@ def chunk_masks(a, c):
     return (kb_own == qb) & before, kb_prev == qb
 
 
+def round_counts(a, c):
+    """(B, H, R, N, c, c) uint8 each, for the own and the previous chunk: in how many rounds each
+    (query slot, key slot) pair is in the query's window (valid where chunk_masks allows): per
+    round 2 int compares per score, O(R^2 T c) per head in all."""
+    B, H, R, S = a.slot_bucket.shape
+    N = S // c
+    n_own = torch.zeros(B, H, R, N, c, c, dtype=torch.uint8, device=a.q_slot.device)
+    n_prev = torch.zeros_like(n_own)
+    lead = a.q_slot.new_zeros(B, H, R, c)
+    for cq, ck in zip(*(x.unbind(-1) for x in round_codes(a, c))):       # (B, H, T) each round
+        q = lead.new_zeros(B, H, R, S).scatter_(-1, a.q_slot, cq.unsqueeze(2).expand_as(a.q_slot).long())
+        k = lead.new_zeros(B, H, R, S).scatter_(-1, a.k_slot, ck.unsqueeze(2).expand_as(a.k_slot).long())
+        k = torch.cat([lead, k], dim=-1)
+        q = q.view(B, H, R, N, c, 1)
+        for n, keys in ((n_own, k[..., c:]), (n_prev, k[..., :S])):
+            d = q - keys.reshape(B, H, R, N, 1, c)
+            n += (d >= 0) & (d <= 1)
+    return n_own, n_prev
+
+
 def softmax_parts(s_own, s_prev, own):
     """Softmax over [previous chunk, own chunk, own key] (the own key is always there: no empty
     row) -> the probabilities of each part and the log-sum-exp."""
@@ -38,19 +58,26 @@ def softmax_parts(s_own, s_prev, own):
     return e_own / total, e_prev / total, e_self / total, top + total.log()
 
 
-def chunk_attention(query, key, value, a, c, scaling):
-    """-> out (B, H, R, T, D) fp32 and lse (B, H, R, T) per query and round (see the module)."""
+def chunk_attention(query, key, value, a, c, scaling, dedup=True):
+    """-> out (B, H, R, T, D) fp32 and lse (B, H, R, T) per query and round (see the module).
+    dedup: each score minus log(rounds that find the pair), the own key's minus log(R)."""
     B, H, R, S = a.slot_bucket.shape
     N, D = S // c, query.shape[-1]
     qs = place(query, a.q_slot, S).view(B * H * R * N, c, D)                         # (BHRN, c, D)
     kf, vf = (place_flat(x, a.k_slot, S, lead=c) for x in (key, value))             # (c + BHRS, D)
     k_own, k_prev = kf[c:].view(-1, c, D), kf[:-c].view(-1, c, D)                   # (BHRN, c, D)
     v_own, v_prev = vf[c:].view(-1, c, D), vf[:-c].view(-1, c, D)
-    seen_own, seen_prev = chunk_masks(a, c)
     view = (B, H, R, N, c, c)
-    s_own = ((qs @ k_own.transpose(-1, -2)).view(view).float() * scaling).masked_fill(~seen_own, -math.inf)
-    s_prev = ((qs @ k_prev.transpose(-1, -2)).view(view).float() * scaling).masked_fill(~seen_prev, -math.inf)
+    s_own = (qs @ k_own.transpose(-1, -2)).view(view).float() * scaling
+    s_prev = (qs @ k_prev.transpose(-1, -2)).view(view).float() * scaling
     own = (query * key).sum(-1).float() * scaling                                    # (B, H, T)
+    if dedup:
+        with torch.no_grad():
+            n_own, n_prev = round_counts(a, c)
+        s_own, s_prev = s_own - n_own.clamp(min=1).float().log(), s_prev - n_prev.clamp(min=1).float().log()
+        own = own - math.log(R)
+    seen_own, seen_prev = chunk_masks(a, c)
+    s_own, s_prev = s_own.masked_fill(~seen_own, -math.inf), s_prev.masked_fill(~seen_prev, -math.inf)
     own = own.new_zeros(B, H, R, S).scatter(-1, a.q_slot, own.unsqueeze(2).expand(B, H, R, -1))
     p_own, p_prev, p_self, lse = softmax_parts(s_own, s_prev, own.view(B, H, R, N, c, 1))
     p_own, p_prev = (p.to(value.dtype).view(-1, c, c) for p in (p_own, p_prev))

@@ -48,6 +48,7 @@ def _diff(x, y):
     ({"n_hashes": 2, "bucket_size": 4, "n_buckets": 0, "seed": 0}, 48),   # buckets from T
     ({"n_hashes": 3, "bucket_size": 5, "n_buckets": 2, "seed": 1}, 61),   # many chunks per bucket
     ({"n_hashes": 1, "bucket_size": 64, "n_buckets": 0, "seed": 0}, 40),  # one chunk: dense causal
+    ({"n_hashes": 3, "bucket_size": 5, "n_buckets": 2, "seed": 1, "dedup": False}, 61),  # round-count weights
 ])
 def test_lsh_matches_masked_softmax_over_its_assignment(params, length):
     q, k, v, padding = _qkv(length=length)
@@ -99,16 +100,17 @@ def test_lsh_bucket_assignment_never_depends_on_the_future():
     assert torch.allclose(out[:, : t + 1], out2[:, : t + 1], atol=1e-6)
 
 
-@pytest.mark.parametrize("c,n_buckets,T", [(4, 4, 300), (64, 0, 300), (48, 0, 300), (64, 0, 256), (16, 40, 700)])
-def test_lsh_flex_layout_gives_the_chunked_matmuls_result(c, n_buckets, T):
-    """The CUDA path (one flex call over the compact rows) against the CPU path, forward, with
+@pytest.mark.parametrize("c,n_buckets,T,dedup", [(4, 4, 300, True), (64, 0, 300, True), (48, 0, 300, False),
+                                                 (64, 0, 256, True), (16, 12, 700, True)])
+def test_lsh_flex_layout_gives_the_chunked_matmuls_result(c, n_buckets, T, dedup):
+    """The CUDA path (one flex call over the paged rows) against the CPU path, forward, with
     eager flex here (no CPU backward; the GPU test below compares gradients). T = 300 and 700 pad
     the rows to whole flex blocks; the inputs have right padding."""
     from torch.nn.attention.flex_attention import flex_attention
-    q, k, v, padding = common.self_check_inputs(B=2, H=3, T=T, D=16)
+    q, k, v, padding = common.self_check_inputs(B=2, H=1, T=T, D=16)
     a = lsh.assign(q, k, padding, {**lsh.PARAMS, "bucket_size": c, "n_buckets": n_buckets}, 0)
-    out, lse = lsh.chunk_attention(q, k, v, a, c, 0.25)
-    out2, lse2 = lsh.flex_chunk_attention(q, k, v, a, c, 0.25, flex=flex_attention)
+    out, lse = lsh.chunk_attention(q, k, v, a, c, 0.25, dedup=dedup)
+    out2, lse2 = lsh.flex_chunk_attention(q, k, v, a, c, 0.25, flex=flex_attention, dedup=dedup)
     assert _diff(out2, out) < 1e-5 and _diff(lse2, lse) < 1e-5
 
 
@@ -127,29 +129,31 @@ def test_lsh_slot_layout_pads_buckets_to_chunks_only():
     assert a.slot_bucket.shape[-1] == lsh.n_slots(300, 48, 8) == 1008
 
 
-@pytest.mark.parametrize("T,c,n_buckets", [(1000, 64, 0), (700, 4, 12), (2048, 48, 8)])
-def test_lsh_compact_rows_visit_every_key_block_a_query_needs_and_few_others(T, c, n_buckets):
-    """Compiled flex visits only the key blocks listed per query block (eager flex, as in the test
-    above, computes every score): every pair window_mask allows must be in a listed block, and
-    the list stays about two blocks per query block."""
-    q, k, v, padding = common.self_check_inputs(B=2, H=2, T=T, D=16)
+@pytest.mark.parametrize("T,c,n_buckets", [(1000, 64, 0), (700, 4, 12), (2048, 64, 0)])
+def test_lsh_pages_visit_every_key_page_a_query_needs_and_few_others(T, c, n_buckets):
+    """Compiled flex visits only the key pages listed per query page (eager flex, as in the test
+    above, computes every score): every pair window_mask allows must be in a listed page, each
+    query and real key has its own row, and the pages visited stay about as many as the query
+    rows need (the bound the compact rows before pages met: 2.5 per 128 queries)."""
+    q, k, v, padding = common.self_check_inputs(B=2, H=1, T=T, D=16)
     a = lsh.assign(q, k, padding, {**lsh.PARAMS, "bucket_size": c, "n_buckets": n_buckets}, 0)
-    r = lsh.flex_rows(a, c)
+    r = lsh.flex_rows(a, c, dedup=False)
+    for row in (r.q_row, r.k_row):
+        assert (row.sort(-1).values.diff(dim=-1) > 0).all()       # one row per item
     qc, kc = r.q_code.long()[..., :, None], r.k_code.long()[..., None, :]
-    needed = (kc < qc) & (kc >= (qc // c - 1) * c)                          # (B, H*R, L, L)
-    # the rows are each query and each real key once, and the window holds what chunk_attention sees
+    needed = (kc < qc) & (kc >= (qc // c - 1) * c)                          # (B, H*R, Lq, Lk)
+    # the window holds what chunk_attention sees
     assert int(needed.sum()) == int(lsh.counts(a, c, padding).sum()) - a.hq.numel()  # counts adds the own key per round
     mask = lsh.rows_block_mask(r, c)
-    n = r.q_code.shape[-1] // lsh.FLEX_BLOCK
-    listed = torch.zeros(*needed.shape[:2], n, n, dtype=torch.bool)
-    for i in range(n):
-        for j in range(n):
-            listed[..., i, j] = ((mask.kv_indices[..., i, :] == j)
-                                 & (torch.arange(n) < mask.kv_num_blocks[..., i, None])).any(-1)
-    blocks = listed.repeat_interleave(lsh.FLEX_BLOCK, -2).repeat_interleave(lsh.FLEX_BLOCK, -1)
+    nq, nk = mask.kv_indices.shape[-2:]
+    assert nq == nk == lsh.n_pages(T, lsh.n_buckets(T, {**lsh.PARAMS, "bucket_size": c, "n_buckets": n_buckets}))
+    listed = torch.zeros(*needed.shape[:2], nq, nk + 1, dtype=torch.bool)
+    valid = torch.arange(nk) < mask.kv_num_blocks[..., None]
+    listed.scatter_(-1, torch.where(valid, mask.kv_indices, nk).long(), True)
+    blocks = listed[..., :nk].repeat_interleave(lsh.FLEX_BLOCK, -2).repeat_interleave(lsh.FLEX_BLOCK, -1)
     assert needed.any() and not (needed & ~blocks).any()
-    assert mask.kv_num_blocks.float().mean() < 2.5 and int(mask.kv_num_blocks.max()) <= 3
-
+    assert mask.kv_num_blocks.sum(-1).float().mean() < 2.5 * -(-T // lsh.FLEX_BLOCK)
+    assert int(mask.kv_num_blocks.max()) <= 3
 
 
 @needs_cuda
@@ -210,3 +214,125 @@ def test_lsh_compiles_without_graph_breaks_or_per_layer_recompiles():
     with torch._dynamo.config.patch(error_on_recompile=True):
         for _ in range(2):
             compiled(input_ids=x)
+
+
+# ---- causal in value: what a query computes never depends on later tokens, bit for bit ---------
+
+def _futures(length, t, dtype, seed=5, **kw):
+    """Two (q, k, v) that agree up to position t and differ after it."""
+    q, k, v, _ = _qkv(length=length, **kw)
+    q2, k2, v2, _ = _qkv(length=length, seed=seed, **kw)
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        b[:, :, : t + 1] = a[:, :, : t + 1]
+    return [x.to(dtype) for x in (q, k, v)], [x.to(dtype) for x in (q2, k2, v2)]
+
+
+CAUSAL_CASES = [({"n_hashes": 3, "bucket_size": 16, "n_buckets": 2}, 400, 150),   # buckets over 2 pages
+                ({"n_hashes": 2, "bucket_size": 64, "n_buckets": 0}, 300, 120)]   # the default chunks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("impl", ["matmul", "flex"])
+@pytest.mark.parametrize("params,length,t", CAUSAL_CASES)
+def test_lsh_outputs_up_to_t_are_bit_identical_whatever_follows_t(params, length, t, impl, dtype):
+    """Both paths, forward (flex eager on CPU: the math of its kernel, no backward here). The flex
+    path's rows used to be numbered by counting the items of lower buckets, future ones included,
+    so the order in which a query's keys were summed (and the rounding) depended on later tokens."""
+    from torch.nn.attention.flex_attention import flex_attention
+    p = {**lsh.PARAMS, **params}
+    outs = [lsh.attention(*x, None, p, 0.25, flex=impl == "flex", flex_fn=flex_attention)
+            for x in _futures(length, t, dtype, H=1)]
+    assert torch.equal(outs[0][:, :, : t + 1], outs[1][:, :, : t + 1])
+    assert not torch.equal(outs[0][:, :, t + 1:], outs[1][:, :, t + 1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lsh_model_logits_up_to_t_are_bit_identical_whatever_follows_t(dtype):
+    """A 2-layer GPT-2 (impl=matmul, the CPU path): the next layer hashes this layer's outputs,
+    so any rounding that leaked from the future would flip buckets and move logits visibly."""
+    model = build("lsh", {"n_hashes": 2, "bucket_size": 16, "n_buckets": 8}, n_embd=32, n_head=2,
+                  vocab=100).to(dtype)
+    t, ids = 100, tokens(length=256, vocab=100)
+    changed = ids.clone()
+    changed[:, t + 1:] = tokens(length=256, seed=7, vocab=100)[:, t + 1:]
+    with torch.no_grad():
+        before, after = model(ids).logits, model(changed).logits
+    assert torch.equal(before[:, : t + 1], after[:, : t + 1])
+    assert not torch.equal(before[:, t + 1:], after[:, t + 1:])
+
+
+# ---- Reformer's duplicate correction: the union of the rounds' keys, each once -----------------
+
+def _flex_eager(q, k, v, p, scaling):
+    from torch.nn.attention.flex_attention import flex_attention
+    return lsh.attention(q, k, v, None, p, scaling, flex=True, flex_fn=flex_attention)
+
+
+@pytest.mark.parametrize("n_hashes,n_buckets,shift,impl", [
+    (1, 1, 0.0, "matmul"), (2, 1, 0.0, "matmul"), (8, 1, 0.0, "matmul"), (8, 2, 1.0, "matmul"),
+    (32, 2, 1.0, "matmul"), (2, 1, 0.0, "flex"), (8, 2, 1.0, "flex")])
+def test_lsh_finding_every_causal_pair_is_full_causal_attention(n_hashes, n_buckets, shift, impl):
+    """bucket_size >= T: one chunk per bucket, so a round finds every causal pair of a bucket; with
+    one bucket every round finds all of them, with two buckets (q and k shifted alike, so that they
+    mostly share one) the union over 8 or 32 rounds does, each pair in a different number of
+    rounds. A key found in m rounds weighed m times without the correction (max error 0.5 - 0.9
+    here), and n_buckets=1 did not hash (argmax over no columns)."""
+    length = 40
+    q, k, v, _ = _qkv(length=length)
+    q, k = q + shift, k + shift
+    p = {**lsh.PARAMS, "n_hashes": n_hashes, "bucket_size": length, "n_buckets": n_buckets}
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    found = lsh.counts(lsh.assign(q, k, None, p, 0), length)[..., causal]
+    assert (found > 0).all() and (n_buckets == 1 or found.float().std() > 1)   # every pair, unevenly
+    run = _flex_eager if impl == "flex" else lambda *x: lsh.attention(*x[:3], None, *x[3:])
+    out = run(q, k, v, p, 0.25)
+    assert _diff(out, common.naive_attention(q, k, v, causal, 0.25)) < 1e-5
+
+
+def test_lsh_dedup_off_is_the_round_weighted_softmax():
+    """dedup=False keeps the old behaviour: a key found in m rounds weighs m times."""
+    q, k, v, _ = _qkv(length=40)
+    q, k = q + 1.0, k + 1.0
+    p = {**lsh.PARAMS, "n_hashes": 8, "bucket_size": 40, "n_buckets": 2, "dedup": False}
+    n = lsh.counts(lsh.assign(q, k, None, p, 0), 40)
+    want = common.naive_attention(q, k, v, n > 0, 0.25, n.clamp(min=1).float().log())
+    for out in (lsh.attention(q, k, v, None, p, 0.25), _flex_eager(q, k, v, p, 0.25)):
+        assert _diff(out, want) < 1e-5
+    full = common.naive_attention(q, k, v, torch.ones(40, 40, dtype=torch.bool).tril(), 0.25)
+    assert _diff(out, full) > 0.1
+
+
+def test_lsh_n_buckets_must_be_even_or_one():
+    with pytest.raises(UserError, match="n_buckets=3"):
+        attentions.install(build("sdpa"), "lsh", {"n_buckets": 3})
+    attentions.install(build("sdpa"), "lsh", {"n_buckets": 1})
+
+
+# ---- which kernel runs, and what it computes ---------------------------------------------------
+
+def test_lsh_auto_runs_matmul_before_ampere_and_flex_from_it(monkeypatch):
+    """impl=auto on CUDA: flex from compute capability 8.0, matmul below (faked here on CPU);
+    impl=flex stays flex, CPU is always matmul, and the recorded kernel says which ran."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(lsh, "flex_unavailable", lambda device: None)  # as if triton were there
+    monkeypatch.setattr(lsh, "_CAPABILITY", {}, raising=False)
+    cuda, flex = torch.device("cuda"), {**lsh.PARAMS, "impl": "flex"}
+    for capability, auto in [((7, 5), "pytorch (sort + chunked matmuls)"), ((7, 0), "pytorch"),
+                             ((8, 0), "flex_attention"), ((9, 0), "flex_attention")]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        lsh._CAPABILITY.clear()
+        assert lsh.SPEC.kernel(cuda, lsh.PARAMS).startswith(auto), capability
+        assert lsh.SPEC.kernel(cuda, flex).startswith("flex_attention")
+        assert lsh.SPEC.kernel(torch.device("cpu"), lsh.PARAMS) == "pytorch (sort + chunked matmuls)"
+
+
+def test_lsh_density_comes_from_the_pairs_its_flops_count():
+    p = lsh.PARAMS
+    for T in (4096, 2048):
+        hashing = 2 * 2 * T * 64 * lsh.n_buckets(T, p)          # per round 2 T D nb, 2 rounds
+        pairs = (lsh.flops(1, 1, T, 64, p) - hashing) / (4 * 64)
+        assert pairs == 2 * T * 129
+        assert lsh.SPEC.density(T, p) == pytest.approx(pairs / (T * (T + 1) / 2))
+    assert 0.12 < lsh.SPEC.density(4096, p) < 0.13
+    assert lsh.SPEC.density(128, p) == 1.0                       # more candidates than causal pairs
