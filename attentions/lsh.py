@@ -43,7 +43,8 @@ import functools
 
 import torch
 
-from attentions.common import flex_unavailable, naive_attention, padding_of, params_of, self_check_inputs
+from attentions.common import (causal_pairs, flex_unavailable, naive_attention, padding_of, params_of,
+                               self_check_inputs)
 from attentions.lsh_flex import FLEX_BLOCK, flex_chunk_attention, flex_rows, n_pages, rows_block_mask  # noqa: F401
 from attentions.lsh_layout import Assignment, key_buckets, n_slots, place, slots, take  # noqa: F401
 from attentions.lsh_matmul import chunk_attention
@@ -58,7 +59,8 @@ IMPLS = ("auto", "flex", "matmul")
 
 
 def n_buckets(T, p):
-    """Reformer's choice: about T / bucket_size buckets (even: half are -xR); at least 2."""
+    """n_buckets if set (1, or even: half are -xR), else Reformer's choice: about T / bucket_size
+    buckets, even, at least 2."""
     if p["n_buckets"]:
         return int(p["n_buckets"])
     n = -(-T // int(p["bucket_size"]))
@@ -228,7 +230,7 @@ def flops(B, H, T, D, params):
 
 def density(T, params):
     """The fraction of the T (T + 1) / 2 causal pairs that pairs(T) computes, at most 1."""
-    return min(1.0, pairs(T, params) / (T * (T + 1) / 2))
+    return min(1.0, pairs(T, params) / causal_pairs(T))
 
 
 SPEC = register(AttentionSpec(

@@ -77,6 +77,7 @@ def in_rows(x, row, pad, L):
 
 
 def place_rows(x, row, L, pad):
+    """(B, H, R, T, E) -> (B, H*R, L, E): in_rows for a vector per item."""
     B, H, R, T, E = x.shape
     out = x.new_full((B, H, R, L, E), pad)
     return out.scatter_(3, row.unsqueeze(-1).expand(B, H, R, T, E), x).flatten(1, 2)

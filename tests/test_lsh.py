@@ -227,21 +227,21 @@ def _futures(length, t, dtype, seed=5, **kw):
     return [x.to(dtype) for x in (q, k, v)], [x.to(dtype) for x in (q2, k2, v2)]
 
 
-CAUSAL_CASES = [({"n_hashes": 3, "bucket_size": 16, "n_buckets": 2}, 400, 150),   # buckets over 2 pages
-                ({"n_hashes": 2, "bucket_size": 64, "n_buckets": 0}, 300, 120)]   # the default chunks
+CAUSAL_CASES = [({"n_hashes": 3, "bucket_size": 16, "n_buckets": 2}, 400, 150, 1),   # buckets over 2 pages
+                ({"n_hashes": 2, "bucket_size": 64, "n_buckets": 0}, 300, 120, 2)]   # the default chunks
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("impl", ["matmul", "flex"])
-@pytest.mark.parametrize("params,length,t", CAUSAL_CASES)
-def test_lsh_outputs_up_to_t_are_bit_identical_whatever_follows_t(params, length, t, impl, dtype):
+@pytest.mark.parametrize("params,length,t,heads", CAUSAL_CASES)
+def test_lsh_outputs_up_to_t_are_bit_identical_whatever_follows_t(params, length, t, heads, impl, dtype):
     """Both paths, forward (flex eager on CPU: the math of its kernel, no backward here). The flex
     path's rows used to be numbered by counting the items of lower buckets, future ones included,
     so the order in which a query's keys were summed (and the rounding) depended on later tokens."""
     from torch.nn.attention.flex_attention import flex_attention
     p = {**lsh.PARAMS, **params}
     outs = [lsh.attention(*x, None, p, 0.25, flex=impl == "flex", flex_fn=flex_attention)
-            for x in _futures(length, t, dtype, H=1)]
+            for x in _futures(length, t, dtype, H=heads)]
     assert torch.equal(outs[0][:, :, : t + 1], outs[1][:, :, : t + 1])
     assert not torch.equal(outs[0][:, :, t + 1:], outs[1][:, :, t + 1:])
 
