@@ -1,6 +1,9 @@
 """lsh (attentions/lsh.py and its lsh_*.py parts): both paths equal the masked softmax over their
-own assignment, values and gradients; the flex layout finds the same keys as the chunked matmuls;
-impl is checked at install. GPU-only tests skip without CUDA (the lead runs them on the H200).
+own assignment, values and gradients; outputs up to t are bit-identical whatever follows t (both
+paths, fp32 and bf16, function and model level); with every causal pair found, lsh is full causal
+attention (Reformer's duplicate correction); the flex pages visit every key page a query needs;
+impl=auto's choice per device; density from the flops' pair count. GPU-only tests skip without
+CUDA (the lead runs them on the H200: pytest -k cuda).
 """
 import pytest
 import torch
