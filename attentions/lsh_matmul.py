@@ -32,20 +32,17 @@ def chunk_masks(a, c):
 def round_counts(a, c):
     """(B, H, R, N, c, c) uint8 each, for the own and the previous chunk: in how many rounds each
     (query slot, key slot) pair is in the query's window (valid where chunk_masks allows): per
-    round 2 int compares per score, O(R^2 T c) per head in all."""
+    round an int32 subtract and compare per score, O(R^2 T c) per head in all, int32 temporaries."""
     B, H, R, S = a.slot_bucket.shape
     N = S // c
     n_own = torch.zeros(B, H, R, N, c, c, dtype=torch.uint8, device=a.q_slot.device)
     n_prev = torch.zeros_like(n_own)
-    lead = a.q_slot.new_zeros(B, H, R, c)
     for cq, ck in zip(*(x.unbind(-1) for x in round_codes(a, c))):       # (B, H, T) each round
-        q = lead.new_zeros(B, H, R, S).scatter_(-1, a.q_slot, cq.unsqueeze(2).expand_as(a.q_slot).long())
-        k = lead.new_zeros(B, H, R, S).scatter_(-1, a.k_slot, ck.unsqueeze(2).expand_as(a.k_slot).long())
-        k = torch.cat([lead, k], dim=-1)
+        q = cq.new_zeros(B, H, R, S).scatter_(-1, a.q_slot, cq.unsqueeze(2).expand_as(a.q_slot))
+        k = ck.new_zeros(B, H, R, c + S).scatter_(-1, a.k_slot + c, ck.unsqueeze(2).expand_as(a.k_slot))
         q = q.view(B, H, R, N, c, 1)
         for n, keys in ((n_own, k[..., c:]), (n_prev, k[..., :S])):
-            d = q - keys.reshape(B, H, R, N, 1, c)
-            n += (d >= 0) & (d <= 1)
+            n += ((q - keys.reshape(B, H, R, N, 1, c)) >> 1) == 0              # 0 <= q - k <= 1
     return n_own, n_prev
 
 
