@@ -1,24 +1,23 @@
 """FlexAttention alone on lsh's layouts: what the mask_mod's loads and the layout cost.
 
-lsh's flex path (impl=flex) measured 177 ms fwd+bwd on the H200 at 131072 tokens, T = 2048, of
-which 155 ms in flex's forward kernel and 14 ms in its backward kernel. It then ran over the SLOT
-layout: every (batch, head, round) row held all 2T items at their slots, queries and keys
-interleaved and each bucket padded to whole chunks (S ~ 3T rows), with a fixed band of blocks.
-This times the same flex call (same q, k, v) with:
+lsh's flex path once ran over the SLOT layout: every (batch, head, round) row held all 2T items at
+their slots, queries and keys interleaved and each bucket padded to whole chunks (S ~ 3T rows),
+with a fixed band of blocks. This times the same flex call (same q, k, v, no duplicate
+correction) with:
 
-  five loads   - slot layout, the mask_mod lsh had until session 4: position, key flag and bucket
-                 per slot, int64/bool tensors, five loads per score;
-  two loads    - slot layout, the mask_mod of session 4: a real key's bucket and the slot's bucket,
-                 int32, "earlier position" read as "earlier slot" (a bucket's slots are in
-                 position order);
+  five loads   - slot layout, a mask_mod reading position, key flag and bucket per slot,
+                 int64/bool tensors, five loads per score;
+  two loads    - slot layout, a real key's bucket and the slot's bucket, int32, "earlier
+                 position" read as "earlier slot" (a bucket's slots are in position order);
   band only    - slot layout, no data-dependent load (a wrong mask for lsh: the floor of what a
                  mask costs there);
-  compact rows - what lsh's flex path runs now (lsh.flex_rows / rows_block_mask): T query rows
-                 and T key rows per round, each in slot order, one int32 code per row (bucket *
-                 span + slot), a block list per query block.
+  compact rows - what lsh's flex path runs (lsh.flex_rows / rows_block_mask): query rows and key
+                 rows on pages of 128 rows, one bucket per page, one int32 code per row (bucket *
+                 span + index in the bucket), a list of key pages per query page.
 
-On the H200 (2026-11-29, torch 2.11): five loads 157 ms fwd / 172 ms fwd+bwd, two loads 4.3 /
-14.5 ms, band only 3.3 / 13.0 ms (results/reference/h200/flex_mask_loads.txt).
+On the H200 (torch 2.11, the compact rows then numbered without pages): five loads 157 ms fwd /
+172 ms fwd+bwd, two loads 4.3 / 14.5 ms, band only 3.3 / 13.0 ms
+(results/reference/h200/flex_mask_loads.txt).
 
     python benchmarks/flex_mask_loads.py                                  # GPU
     python benchmarks/flex_mask_loads.py --device cpu --tokens 512 --T 128  # CPU: eager flex, forward only
@@ -42,7 +41,7 @@ from benchmarks.profile_lsh import add_size_args  # noqa: E402
 BLOCK = lsh.FLEX_BLOCK
 
 
-# ---- the slot layout lsh's flex path ran over in session 4 (lsh.py until session 5) ----------
+# ---- the slot layout lsh's flex path once ran over -------------------------------------------
 
 def slot_layout(a, c):
     """The assignment with its slot count padded to a multiple of lcm(c, 128) (empty slots)."""
@@ -66,7 +65,7 @@ def band_blocks(S, c, device):
 
 
 def two_loads(key_bucket, bucket, c):
-    """The session-4 mask_mod (int32 (B, H*R, S)): key_bucket a real key's bucket, -2 elsewhere;
+    """The two-load mask_mod (int32 (B, H*R, S)): key_bucket a real key's bucket, -2 elsewhere;
     bucket the slot item's bucket, -1 if empty."""
     def mask_mod(b, h, q_idx, kv_idx):
         near = (kv_idx < q_idx) & (q_idx // c - kv_idx // c <= 1)
@@ -75,7 +74,7 @@ def two_loads(key_bucket, bucket, c):
 
 
 def five_loads(pos, is_key, bucket, c):
-    """The mask_mod before session 4 (tensors (B, H*R, S) int64 / bool)."""
+    """The five-load mask_mod (tensors (B, H*R, S) int64 / bool)."""
     def mask_mod(b, h, q_idx, kv_idx):
         near = (kv_idx <= q_idx) & (q_idx // c - kv_idx // c <= 1)
         same = bucket[b, h, kv_idx] == bucket[b, h, q_idx]
@@ -108,32 +107,32 @@ def main(argv=None):
                for _ in range(3))
     a = slot_layout(lsh.assign(q, k, None, lsh.PARAMS, 0), c)
     S = a.slot_bucket.shape[-1]
-    on_slots = (lsh._place(q, a.q_slot, S).flatten(1, 2), *(lsh._place(x, a.k_slot, S).flatten(1, 2) for x in (k, v)))
+    on_slots = (lsh.place(q, a.q_slot, S).flatten(1, 2), *(lsh.place(x, a.k_slot, S).flatten(1, 2) for x in (k, v)))
     num, idx = band_blocks(S, c, device)
 
     def band(mask_mod):
         return BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=BLOCK, seq_lengths=(S, S), mask_mod=mask_mod)
-    rows = lsh.flex_rows(a, c)
-    L = rows.q_code.shape[-1]
-    compact = (lsh._place(q, rows.q_rank, L).flatten(1, 2), *(lsh._place(x, rows.k_rank, L).flatten(1, 2) for x in (k, v)))
+    rows = lsh.flex_rows(a, c, dedup=False)
+    Lq, Lk = rows.q_code.shape[-1], rows.k_code.shape[-1]
+    compact = (lsh.place(q, rows.q_row, Lq).flatten(1, 2), *(lsh.place(x, rows.k_row, Lk).flatten(1, 2) for x in (k, v)))
     cases = {  # name: (q, k, v, block mask, rows that are queries)
         "five loads": (*on_slots, band(five_loads(slot_positions(a).flatten(1, 2), a.slot_isk.flatten(1, 2),
                                                   a.slot_bucket.flatten(1, 2), c)), a.q_slot),
         "two loads": (*on_slots, band(two_loads(lsh.key_buckets(a).int().flatten(1, 2),
                                                 a.slot_bucket.int().flatten(1, 2), c)), a.q_slot),
         "band only": (*on_slots, band(band_only(c)), a.q_slot),
-        "compact rows": (*compact, lsh.rows_block_mask(rows, c), rows.q_rank),
+        "compact rows": (*compact, lsh.rows_block_mask(rows, c), rows.q_row),
     }
     flex = compiled_flex() if cuda else flex_attention
     lines, outs = [f"B={B} H*R={on_slots[0].shape[1]} T={args.T}, D={D}, {q.dtype}, {device}: flex alone, "
-                   f"median of {args.repeats}; slot layout {S} rows, compact {L} rows"], {}
+                   f"median of {args.repeats}; slot layout {S} rows, compact {Lq} query rows, {Lk} key rows"], {}
     for name, (*qkv, mask, queries) in cases.items():
         x = [t.detach().requires_grad_(cuda) for t in qkv]
 
         def fwd():
             return flex(*x, block_mask=mask)
         with torch.no_grad():
-            outs[name] = lsh._take(fwd().view(*queries.shape[:3], -1, D), queries).float()  # each query's row
+            outs[name] = lsh.take(fwd().view(*queries.shape[:3], -1, D), queries).float()  # each query's row
         line = f"{name:>12}: sparsity {mask.sparsity():.1f}%, fwd {1e3 * median_time(fwd, device, args.repeats):.2f} ms"
         if cuda:
             grad = torch.randn_like(x[0])

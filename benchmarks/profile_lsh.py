@@ -2,11 +2,8 @@
 
 It prints, for each implementation, the forward and fwd+bwd times (CUDA events) and the ops
 that took the most device time (CPU time on a CPU), and writes a Chrome trace per implementation,
-so one device command says what to fix. On the H200 (2026-11-29, 131072 tokens, T = 2048) it
-showed the matmul path's backward spent in atomic scatter-adds and copies (fixed: 90 -> 23.9 ms,
-baseline 23.8 ms) and the slot-layout flex path's forward kernel taking 155 ms against 14 ms for
-its backward (results/reference/h200/kernels_131k_all/profile_lsh.txt); the compact-row flex path
-of session 5 takes 11.4 ms (kernels_lsh_flex/profile_lsh.txt).
+so one device command says what to fix. Earlier profiles are kept under results/reference/h200/
+(kernels_131k_all/profile_lsh.txt, kernels_lsh_flex/profile_lsh.txt).
 
     python benchmarks/profile_lsh.py --out results/profile_lsh                 # GPU: both impls
     python benchmarks/profile_lsh.py --device cpu --tokens 2048 --T 512 --impls matmul --out /tmp/p
