@@ -13,6 +13,8 @@ too; their outputs are finite and ignored by the loss. That is why no varlen pat
 import torch
 import torch.nn.functional as F
 
+from attentions.device import capability
+
 from attentions.common import built_once, causal_pairs, padding_of, self_check_inputs
 from attentions.registry import AttentionSpec, register
 
@@ -55,7 +57,7 @@ def unavailable_reason(device):
     if device.type != "cuda":
         return ("FlashAttention needs an NVIDIA GPU (compute capability >= 8.0); on CPU SDPA "
                 "would run its CPU kernel, which is not FlashAttention")
-    major, minor = torch.cuda.get_device_capability(device)
+    major, minor = capability(device)
     if major < 8:
         return (f"FlashAttention needs compute capability >= 8.0 (Ampere or newer); this GPU "
                 f"has {major}.{minor} (a T4 is 7.5)")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from attentions.device import capability as device_capability
+
 MIN_CAPABILITY = (8, 0)
 _COMPILED_FLEX = None
 
@@ -44,7 +46,7 @@ def flex_cannot_train(device) -> str | None:
         return f"flex_attention has no {device.type} backward in torch {torch.__version__.split('+')[0]}"
     if not torch.cuda.is_available():
         return "torch sees no CUDA GPU"
-    capability = torch.cuda.get_device_capability(device)
+    capability = device_capability(device)
     if tuple(capability) < MIN_CAPABILITY:
         return (f"flex_attention's Triton kernel needs compute capability >= 8.0 (Ampere); this GPU "
                 f"is {capability[0]}.{capability[1]}")

@@ -43,6 +43,8 @@ import functools
 
 import torch
 
+from attentions.device import capability
+
 from attentions.common import (causal_pairs, flex_unavailable, naive_attention, padding_of, params_of,
                                self_check_inputs)
 from attentions.lsh_flex import FLEX_BLOCK, flex_chunk_attention, flex_rows, n_pages, rows_block_mask  # noqa: F401
@@ -115,15 +117,6 @@ def assign(query, key, padding, p, layer_idx, rot=None):
         return slots(hq, hk, real[:, None, None, :], int(p["bucket_size"]), nb)
 
 
-_CAPABILITY = {}  # CUDA device index -> compute capability, asked once (dynamo traces a dict lookup)
-
-
-def capability(device):
-    device = torch.device(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _CAPABILITY:
-        _CAPABILITY[index] = tuple(torch.cuda.get_device_capability(index))
-    return _CAPABILITY[index]
 
 
 def chosen_impl(device, params) -> str:

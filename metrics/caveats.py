@@ -10,6 +10,8 @@ written into summary.csv's `caveats` column and report.md's "Read with care".
   energy            steps shorter than the energy counter's 100 ms update (per-step energy is
                     coarse, the run total is exact), or no counter at all
   other process     another process used the GPU during the run (NVML's process list)
+  emulated          AB_EMULATE_CAPABILITY made an older GPU's code paths run (a T4's on an H200):
+                    which kernels run is that GPU's, the speed is not
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ def caveats(row: dict, run: dict, energy_flags: list[str] = ()) -> list[str]:
                    "the run total exact")
     elif _finite(row.get("gpu_power_w")) and not _finite(row.get("energy_j")):
         out.append("energy: no energy counter; power is sampled, energy not measured")
+    if run.get("emulated_capability"):
+        out.append(f"emulated compute capability {run['emulated_capability']}: that GPU's code paths, "
+                   "not its speed or memory")
     others = run.get("other_gpu_processes") or []
     if others:
         out.append("other process on the GPU: pid " + ", ".join(str(p["pid"]) for p in others))

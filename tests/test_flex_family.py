@@ -168,6 +168,9 @@ def _fake_gpu(monkeypatch, capability):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: True)
+    from attentions import device as cuda_device
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(cuda_device, "_CAPABILITY", {})  # asked once per device: forget the last fake
 
 
 @pytest.mark.parametrize("name", ["flex", "flex_sparse", "sliding_window"])
@@ -253,3 +256,24 @@ def test_block_masks_are_built_once_per_length():
     for _ in range(3):
         patterns.pattern_attention(q, q, q, ("causal",), None, 0.125, "flex")
     assert len(masks.block_mask.cache) == 1
+
+
+def test_an_emulated_t4_takes_every_pre_ampere_path(monkeypatch):
+    """AB_EMULATE_CAPABILITY=7.5 (read into attentions.device.EMULATED): on any GPU the flex
+    family runs its chunked path, lsh its matmul path, flash is unavailable and dtype auto is fp16."""
+    import attentions
+    from attentions import device as cuda_device
+    from harness.run.model import pick_dtype
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(cuda_device, "EMULATED", (7, 5))
+    cuda = torch.device("cuda")
+    for name in ("flex", "flex_sparse", "sliding_window"):
+        spec = attentions.get(name)
+        assert "pre-Ampere" in spec.kernel(cuda, spec.params), name
+    lsh = attentions.get("lsh")
+    assert lsh.kernel(cuda, lsh.params).startswith("pytorch")
+    assert "7.5" in attentions.get("flash").unavailable_reason(cuda)
+    assert pick_dtype("auto", cuda) == (torch.float16, True)
+    monkeypatch.setattr(cuda_device, "EMULATED", (9, 0))
+    assert pick_dtype("auto", cuda) == (torch.bfloat16, False)

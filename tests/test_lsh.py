@@ -319,12 +319,13 @@ def test_lsh_auto_runs_matmul_before_ampere_and_flex_from_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(lsh, "flex_unavailable", lambda device: None)  # as if triton were there
-    monkeypatch.setattr(lsh, "_CAPABILITY", {}, raising=False)
+    from attentions import device as cuda_device
+    monkeypatch.setattr(cuda_device, "_CAPABILITY", {})
     cuda, flex = torch.device("cuda"), {**lsh.PARAMS, "impl": "flex"}
     for capability, auto in [((7, 5), "pytorch (sort + chunked matmuls)"), ((7, 0), "pytorch"),
                              ((8, 0), "flex_attention"), ((9, 0), "flex_attention")]:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
-        lsh._CAPABILITY.clear()
+        cuda_device._CAPABILITY.clear()
         assert lsh.SPEC.kernel(cuda, lsh.PARAMS).startswith(auto), capability
         assert lsh.SPEC.kernel(cuda, flex).startswith("flex_attention")
         assert lsh.SPEC.kernel(torch.device("cpu"), lsh.PARAMS) == "pytorch (sort + chunked matmuls)"

@@ -42,8 +42,10 @@ def pick_dtype(name: str, device: torch.device) -> tuple[torch.dtype, bool]:
         if name in ("bf16", "fp16"):
             raise UserError(f"dtype {name} is for GPUs; this run is on {device.type}: use dtype auto or fp32")
         return torch.float32, False
-    if name == "auto":
-        name = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if name == "auto":  # bf16 from Ampere (compute capability 8.0; attentions/device.py may emulate older)
+        from attentions.device import capability
+        name = "bf16" if capability(device) >= (8, 0) and torch.cuda.is_bf16_supported(including_emulation=False) \
+            else "fp16"
     return {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, True),
             "fp32": (torch.float32, False)}[name]
 

@@ -174,6 +174,8 @@ def run_info(cfg: Config, s: Setup, device, rows: list[dict], energy: float, met
                 metrics=meter.info(), phases=phases, compile_cache=compile_cache())
     info["idle_power_w"] = info["metrics"].get("idle_power_w", math.nan)
     info["other_gpu_processes"] = info["metrics"].get("other_gpu_processes")
+    from attentions.device import emulated
+    info["emulated_capability"] = ".".join(map(str, emulated())) if emulated() and device.type == "cuda" else None
     return info
 
 

@@ -25,7 +25,7 @@ from harness.sweep.plan import plan, select_shard, shard_label
 RUN_INFO = ("kernel", "energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "phases",
             "compile_cache", "attention_params", "dtype", "flops_per_step", "palm_flops_per_token",
             "peak_tflops", "flops_forward", "flops_fvcore_forward", "flops_fvcore_reason", "fvcore_s",
-            "device", "other_gpu_processes", "world_size", "gpu_memory_mb_by_rank", "nvml_by_rank")
+            "device", "other_gpu_processes", "emulated_capability", "world_size", "gpu_memory_mb_by_rank", "nvml_by_rank")
 
 
 def now() -> str:
