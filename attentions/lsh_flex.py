@@ -133,6 +133,44 @@ def flex_rows(a: Assignment, c, dedup=True):
                     q_round, k_round)
 
 
+# -- the layout as one opaque op inside compiled graphs -------------------------------------------
+# On the H200 inductor compiled flex_rows' scatters and gathers wrongly (lsh inside torch.compile
+# differed from the matmul path by 5.4, and some shapes hit an illegal memory access), while the
+# same code run eagerly agrees to 1e-6. As a custom op the layout runs eagerly inside a compiled
+# model, with no graph break; its fake implementation gives dynamo the shapes.
+
+@torch.library.custom_op("attention_bench::lsh_flex_rows", mutates_args=())
+def flex_rows_op(hq: torch.Tensor, hk: torch.Tensor, q_slot: torch.Tensor, k_slot: torch.Tensor,
+                 slot_isk: torch.Tensor, slot_bucket: torch.Tensor, bucket_slot: torch.Tensor, c: int,
+                 dedup: bool) -> list[torch.Tensor]:
+    r = flex_rows(Assignment(hq, hk, q_slot, k_slot, slot_isk, slot_bucket, bucket_slot), c, dedup)
+    return [t.clone() if t is not None else hq.new_zeros(0, dtype=torch.int32) for t in r]  # no aliases
+
+
+@flex_rows_op.register_fake
+def _(hq, hk, q_slot, k_slot, slot_isk, slot_bucket, bucket_slot, c, dedup):
+    B, H, R, T = q_slot.shape
+    nb = bucket_slot.shape[-1]
+    nq = n_pages(T, nb)
+    L = nq * FLEX_BLOCK
+    span = (2 * T // c + 2) * c
+    code = torch.int32 if nb * span < 2 ** 31 else torch.long
+    rnd = torch.int32 if nb * (2 * T // c + 2) < 2 ** 31 else torch.long
+    new = q_slot.new_empty
+    rounds = [new(B, H * R, L, R, dtype=rnd), new(B, H * R, L, R, dtype=rnd)] if dedup else \
+        [new(0, dtype=torch.int32), new(0, dtype=torch.int32)]
+    return [new(B, H, R, T), new(B, H, R, T), new(B, H * R, L, dtype=code), new(B, H * R, L, dtype=code),
+            new(B, H * R, nq, dtype=torch.int32), new(B, H * R, nq, nq, dtype=torch.int32), *rounds]
+
+
+def flex_rows_eager(a: Assignment, c, dedup=True) -> FlexRows:
+    """flex_rows through the custom op: eager even inside torch.compile."""
+    parts = flex_rows_op(a.hq, a.hk, a.q_slot, a.k_slot, a.slot_isk, a.slot_bucket, a.bucket_slot, c, dedup)
+    if not dedup:
+        parts = parts[:6] + [None, None]
+    return FlexRows(*parts)
+
+
 def window_mask(q_code, k_code, c):
     """mask_mod of the compact layout: the key's code in the query's window (see flex_rows)."""
     def mask_mod(b, h, q_idx, kv_idx):
@@ -182,7 +220,7 @@ def flex_chunk_attention(query, key, value, a, c, scaling, flex=None, dedup=True
     B, H, R, T = a.q_slot.shape
     D = query.shape[-1]
     with torch.no_grad():
-        r = flex_rows(a, c, dedup)
+        r = flex_rows_eager(a, c, dedup)
     qc = place(query, r.q_row, r.q_code.shape[-1]).flatten(1, 2)                 # (B, H*R, Lq, D)
     kc, vc = (place(x, r.k_row, r.k_code.shape[-1]).flatten(1, 2) for x in (key, value))
     score_mod = dedup_score(r.q_round, r.k_round) if dedup else None

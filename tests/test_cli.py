@@ -43,7 +43,9 @@ BAD = [
 
 
 @pytest.mark.parametrize("argv,message,suggestion", BAD)
-def test_bad_input_exit_2_and_nothing_written(argv, message, suggestion, tmp_path, capsys):
+def test_bad_input_exit_2_and_nothing_written(argv, message, suggestion, tmp_path, capsys, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # "no GPU" cases also on a GPU host
     out = tmp_path / "results"
     code, err = _run_main(argv + ["--out", str(out)], capsys)
     assert code == 2

@@ -385,3 +385,22 @@ def test_lsh_compiled_model_logits_up_to_t_are_bit_identical_on_cuda(impl, dtype
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert torch.equal(logits[0][:, : t + 1], logits[1][:, : t + 1])
     assert not torch.equal(logits[0][:, t + 1:], logits[1][:, t + 1:])
+
+
+@pytest.mark.parametrize("T,c,dedup", [(300, 16, True), (1024, 64, True), (1000, 64, False)])
+def test_lsh_flex_layout_is_an_opaque_op_whose_fake_shapes_are_true(T, c, dedup):
+    """The layout runs as a custom op (on the H200 inductor miscompiled it: 5.4 off the matmul
+    path): opcheck passes, the fake implementation's shapes and dtypes are the real ones, and
+    compiled it gives the eager layout exactly."""
+    from attentions.lsh_flex import flex_rows_eager, flex_rows_op
+    q, k, v, padding = common.self_check_inputs(B=1, H=2, T=T, D=16)
+    a = lsh.assign(q, k, padding, {**lsh.PARAMS, "bucket_size": c}, 0)
+    args = (a.hq, a.hk, a.q_slot, a.k_slot, a.slot_isk, a.slot_bucket, a.bucket_slot, c, dedup)
+    torch.library.opcheck(flex_rows_op, args)
+    real = flex_rows_op(*args)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = flex_rows_op(*(mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in args))
+    assert [(tuple(x.shape), x.dtype) for x in fake] == [(tuple(x.shape), x.dtype) for x in real]
+    eager = lsh.flex_rows(a, c, dedup)
+    compiled = torch.compile(lambda t: flex_rows_eager(lsh.Assignment(*t), c, dedup), fullgraph=True)(tuple(a))
+    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(eager, compiled))

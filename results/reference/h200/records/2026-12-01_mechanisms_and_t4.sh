@@ -5,7 +5,7 @@
 # (benchmarks/gpu_steps.sh); everything lands in $OUT/<first step>.tgz.
 #   OUT=/some/dir BUDGET_S=470 bash results/reference/h200/records/2026-12-01_mechanisms_and_t4.sh gpu_tests kernels_flex
 # Steps:
-#   gpu_tests      every GPU-only test (pytest -k cuda) of the suite
+#   gpu_tests      every GPU-only test (pytest -k cuda) of the suite; gpu_tests_lsh: lsh's alone
 #   kernels_flex   benchmarks/attention_kernels.py, 131072 tokens, T = 1024..16384: baseline, flex,
 #                  flex_sparse, sliding_window on flex_attention; then flex_sparse and sliding_window
 #                  forced onto the chunked path (impl=chunked), the pre-Ampere path, on the same GPU
@@ -21,7 +21,7 @@ WORK=${WORK:-/tmp/ab_$1}
 mkdir -p "$OUT"
 source benchmarks/gpu_steps.sh
 record_env "$WORK/env.txt"
-K="python3 benchmarks/attention_kernels.py --tokens 131072 --seq-lens 1024,2048,4096,8192,16384"
+K="python3 benchmarks/attention_kernels.py --tokens 131072 --seq-lens ${SEQ_LENS:-1024,2048,4096,8192,16384}"
 for s in "$@"; do
   case $s in
     gpu_tests) step gpu_tests 60 python3 -m pytest -q -rs -p no:cacheprovider tests -k cuda ;;
