@@ -25,6 +25,7 @@ K="python3 benchmarks/attention_kernels.py --tokens 131072 --seq-lens ${SEQ_LENS
 for s in "$@"; do
   case $s in
     gpu_tests) step gpu_tests 60 python3 -m pytest -q -rs -p no:cacheprovider tests -k cuda ;;
+    gpu_tests_lsh) step gpu_tests_lsh 60 python3 -m pytest -q -rs -p no:cacheprovider tests/test_lsh.py -k cuda ;;
     kernels_flex) step kernels_flex 60 $K --mechanisms baseline,flex,flex_sparse,sliding_window --out "$WORK/kernels_flex"
                   step kernels_chunked 60 $K --mechanisms flex_sparse,sliding_window \
                     --params flex_sparse.impl=chunked,sliding_window.impl=chunked --out "$WORK/kernels_chunked" ;;
