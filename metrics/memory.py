@@ -3,11 +3,15 @@ measured peak (summary.csv: memory_estimate_gb next to gpu_memory_mb / memory_gb
 estimate itself can be checked.
 
   weights + optimizer   16 bytes a parameter: fp32 weights, fp32 gradients, AdamW's two moments
-  activations           per layer 34 * B*T*E bytes at 16-bit, twice that in fp32 (Korthikanti
-                        et al. 2022, "Reducing Activation Recomputation", section 4.1, without
-                        the attention scores, which flash-style kernels never store)
-  attention scores      the mechanisms that keep scores for the backward: (2 * dtype + 1) bytes
-                        a stored pair a head a layer (scores, probabilities, mask)
+  activations           per layer ACT_BYTES * B*T*E bytes under 16-bit autocast, twice that in fp32.
+                        Korthikanti et al. 2022 ("Reducing Activation Recomputation", 4.1) count
+                        34 for a pure 16-bit layer without the scores; under autocast GPT-2 keeps
+                        its residual stream, layer norms and tanh-GELU intermediates in fp32, and
+                        the H200 measured 94 (gpt2, T = 512, batch 128, bf16, sdpa: 92.4 GB)
+  attention scores      the mechanisms that keep a score per pair for the backward, bytes a stored
+                        pair a head a layer (PAIR_BYTES, from the same H200 run: baseline's T x T
+                        scores and probabilities, linear's fp32 intra-chunk tiles and features,
+                        lsh's chunk tiles)
   logits                B*T*V * (dtype + 4 + 4): the LM head's output, its fp32 copy for the
                         loss, and its gradient
   runtime               0.5 GB: CUDA context, cuBLAS workspace, allocator slack
@@ -18,15 +22,19 @@ only far past the memory the device has (RUNNER_REFUSE), and warned about past i
 from __future__ import annotations
 
 RUNTIME_BYTES = 0.5e9
+ACT_BYTES = 94          # bytes a token a layer per unit of E, 16-bit autocast (see above)
 HEADROOM = 0.8          # batch auto fills at most this fraction of the device's memory
 AUTO_TOKENS = 65536     # batch auto stops at this many tokens a step: enough to keep a GPU busy
 
-# Score pairs a (batch row, head, layer) keeps for the backward, by mechanism: (T, params) -> pairs.
+# Score pairs a (batch row, head, layer) keeps for the backward, by mechanism: (T, params) -> pairs,
+# and the bytes each costs (fitted to the H200 run above: baseline +29 GB, linear +25 GB, lsh +41 GB
+# over sdpa at the same batch).
 STORED_PAIRS = {
     "baseline": lambda T, p: T * T,                                            # eager: the full matrix
-    "lsh": lambda T, p: 2 * int(p.get("n_hashes", 2)) * T * 2 * int(p.get("bucket_size", 64)),  # matmul path
+    "lsh": lambda T, p: 2 * int(p.get("n_hashes", 2)) * T * 2 * int(p.get("bucket_size", 64)),  # chunk tiles
     "linear": lambda T, p: T * int(p.get("chunk_size", 64)),                  # intra-chunk tiles
 }
+PAIR_BYTES = {"baseline": 6, "lsh": 8, "linear": 41}
 
 
 def gpt2_params(n_layer: int, n_embd: int, vocab: int, positions: int) -> int:
@@ -38,9 +46,9 @@ def estimate_bytes(n_layer: int, n_embd: int, n_head: int, vocab: int, positions
                    attention: str, params: dict | None = None, dtype_bytes: int = 2) -> float:
     """Peak bytes of one training step of GPT-2 with this attention at batch B, length T."""
     n = gpt2_params(n_layer, n_embd, vocab, positions)
-    act = n_layer * 34 * B * T * n_embd * (dtype_bytes / 2)
+    act = n_layer * ACT_BYTES * B * T * n_embd * (dtype_bytes / 2)
     pairs = STORED_PAIRS.get(attention, lambda T, p: 0)(T, params or {})
-    scores = n_layer * B * n_head * pairs * (2 * dtype_bytes + 1)
+    scores = n_layer * B * n_head * pairs * PAIR_BYTES.get(attention, 0) * (dtype_bytes / 2)
     logits = B * T * vocab * (dtype_bytes + 8)
     return 16 * n + act + scores + logits + RUNTIME_BYTES
 
