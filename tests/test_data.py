@@ -234,3 +234,12 @@ def test_colab_path_with_a_faked_hub(tmp_path, hf_dir, tok):
         offline, _ = data.make_batches(dataclasses.replace(cfg, offline=True), tok, 96, 2, 3)
         assert len(online) == 3 and s["tokenizer"].startswith("local:")
         assert all(torch.equal(a[k], b[k]) for a, b in zip(online, offline) for k in a)
+
+
+def test_the_data_line_says_source_synthetic_skips_and_cycling():
+    line = data.describe({"source": "bundled assets/tulu_sample.jsonl", "tokenizer": "bundled gpt2.tiktoken",
+                          "records_used": 40, "records_skipped": {"empty_content": 2, "unknown_role": 1},
+                          "cycled": True, "passes": 3})
+    assert "synthetic" in line and "2 empty_content, 1 unknown_role" in line and "cycled: 3 passes" in line
+    hub = data.describe({"source": "hub allenai/tulu-v2-sft-mixture", "records_used": 9, "cycled": False})
+    assert "synthetic" not in hub and "skipped: none" in hub and "not cycled" in hub

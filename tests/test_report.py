@@ -333,3 +333,14 @@ def test_summary_energy_is_the_run_total_and_joules_per_token_a_ratio_of_sums():
     rows[2]["energy_j"] = float("nan")
     s = store.summarize(pd.DataFrame(rows), [run]).iloc[0]
     assert math.isnan(s["energy_j"]) and math.isnan(s["joules_per_token"])  # never a partial total
+
+
+def test_show_says_what_it_draws_and_that_a_folder_has_no_report(tmp_path, capsys):
+    make_results(tmp_path / "r")
+    (folder,) = list_results(tmp_path / "r")
+    shutil.rmtree(folder / "plots", ignore_errors=True)
+    (folder / "report.md").unlink(missing_ok=True)
+    show(folder)
+    out = capsys.readouterr().out
+    assert "no plots in" in out and "drawing them from the CSVs" in out
+    assert "no report.md" in out and not (folder / "report.md").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.report import breakdown, plots
+from harness.run.data import describe
 from harness.report.results import load
 from harness.report.tables import (failures, flop_check, interval_table, md_table, not_measured, read_with_care,
                                    summary_table)
@@ -49,6 +50,8 @@ def write_report(folder, plot_paths=None) -> Path:
           f"CPU {env.get('cpu')} x{env.get('cpu_count')}; torch {env.get('torch')}, "
           f"transformers {env.get('transformers')}", "", "## Summary (medians over measured batches)", "",
           md_table(summary_table(r)), ""]
+    if m.get("data"):
+        md[3:3] = [f"- {describe(m['data'])}"]
     md += ["## Read with care", ""] + ([f"- {x}" for x in read_with_care(r)] or ["nothing to flag"]) + [""]
     md += ["## Not measured on this machine", ""] + ([f"- {label(c)}: {why}" for c, why in not_measured(r).items()]
                                                      or ["everything was measured"])

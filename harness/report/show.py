@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from harness.report import breakdown
+from harness.run.data import describe
 from harness.report.display import display
 from harness.report.markdown import make_plots, plot_rank
 from harness.report.results import NoResults, latest, load
@@ -25,6 +26,8 @@ def show(n=1, root="results", all_plots: bool = False) -> None:
     print(f"{folder}\n  preset {m.get('preset')}, created {m.get('created')}, "
           f"{'finished ' + str(m['finished']) if m.get('finished') else 'NOT finished'}; "
           f"GPU {env.get('gpu') or 'none'}; torch {env.get('torch')}; git {str(m.get('git_commit'))[:10]}")
+    if m.get("data"):
+        print(f"  {describe(m['data'])}")
     print("  runs: " + ", ".join(f"{v} {k}" for k, v in summary_table(r).status.value_counts().items()))
     if breakdown.sweep_time(m):
         print(f"  {breakdown.sweep_time(m)}")
@@ -40,6 +43,11 @@ def show(n=1, root="results", all_plots: bool = False) -> None:
         print(f"no result: {line}")
     for line in read_with_care(r):
         print(f"read with care: {line}")
-    pngs = sorted((r.folder / "plots").glob("*.png"), key=plot_rank) or make_plots(r.folder)  # from the CSVs
+    pngs = sorted((r.folder / "plots").glob("*.png"), key=plot_rank)
+    if not pngs:  # show reads; the one thing it may write is the plots a folder lacks, and it says so
+        print(f"  no plots in {r.folder / 'plots'}: drawing them from the CSVs")
+        pngs = make_plots(r.folder)
     display(images=pngs if all_plots else [p for p in pngs if p.stem in ("overview", "loss_curves")])
-    print(f"all {len(pngs)} plots in {r.folder / 'plots'}; report: {r.folder / 'report.md'}")
+    report = r.folder / "report.md"
+    where = f"report: {report}" if report.is_file() else "no report.md (the sweep did not write one; show writes none)"
+    print(f"all {len(pngs)} plots in {r.folder / 'plots'}; {where}")

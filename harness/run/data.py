@@ -238,3 +238,17 @@ def make_batches(cfg, tokenizer, seq_len: int, batch_size: int, n_batches: int):
     stats.update(more, packing=cfg.packing, seed=cfg.seed, seq_len=seq_len, batch_size=batch_size,
                  n_batches=n_batches, tokens=ids.numel(), real_tokens=int(mask.sum()), cycled=more["passes"] > 1)
     return batches, stats
+
+
+def describe(stats: dict) -> str:
+    """One line on what the data was: its source (and whether synthetic), the tokenizer, the
+    records used and skipped by cause, and whether it was cycled."""
+    source = stats.get("source", "?")
+    if "bundled" in source:
+        source += " (synthetic, Tulu-shaped: assets/make_sample.py; its loss is no quality signal)"
+    skipped = stats.get("records_skipped") or {}
+    skip = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) or "none"
+    passes = stats.get("passes", 1)
+    cycled = f"cycled: {passes} passes over too few tokens" if stats.get("cycled") else "not cycled"
+    return (f"data: {source}; tokenizer {stats.get('tokenizer', '?')}; {stats.get('records_used', '?')} records "
+            f"used, skipped: {skip}; {cycled}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from config import Config
 from harness.errors import UserError
 from harness.run import ddp
-from harness.run.data import make_batches
+from harness.run.data import describe, make_batches
 from harness.run.tokenizer import get_tokenizer
 from harness.sweep import memory_plan, torchrun
 from harness.sweep.launchers import GpuPool, OneAtATime, parse_gpus
@@ -22,8 +22,11 @@ from harness.sweep.plan import plan, select_shard, shard_label
 def prepare_data(cfg: Config, runs: list[dict]) -> dict:
     """Tokenize once in the parent, before anything is written: a bad dataset fails here."""
     tok = get_tokenizer(cfg.offline)
-    return {key: make_batches(cfg, tok, key[0], key[1], cfg.batches_per_epoch)
+    made = {key: make_batches(cfg, tok, key[0], key[1], cfg.batches_per_epoch)
             for key in sorted({(r["seq_len"], r["batch_size"]) for r in runs})}
+    for (T, B), (_, stats) in made.items():
+        print(f"T={T} batch={B}: {describe(stats)}", flush=True)
+    return made
 
 
 def run_sweep(cfg: Config | None, resume: str | None = None, shard=None, gpus: str | None = None,
@@ -58,7 +61,9 @@ def run_sweep(cfg: Config | None, resume: str | None = None, shard=None, gpus: s
     sweep.save_data(batches)
     if gpu_list:
         sweep.manifest["gpus"] = gpu_list
-    print(f"attention-bench: preset {cfg.preset}, {len(sweep.runs)} runs -> {sweep.folder}", flush=True)
+    n = len(sweep.runs)
+    print(f"attention-bench: preset {cfg.preset}, {n} run{'s' if n != 1 else ''} -> {sweep.folder}", flush=True)
+    warn_cpu(cfg)
     sweep.run_all(launcher or (GpuPool(gpu_list) if gpu_list else OneAtATime(progress)))
     return sweep.folder
 
@@ -72,3 +77,18 @@ def refuse_hopeless(sweep: Sweep) -> None:
         if why:
             sweep.end(run, dict(status="oom", reason=why), time.perf_counter())
     sweep.save()
+
+
+CPU_MINUTES_PER_RUN = {"gpt2": 4, "gpt2-medium": 12, "gpt2-large": 30}  # fast_test, offline, 2 cores
+
+
+def warn_cpu(cfg: Config) -> None:
+    """On a machine without a GPU the real GPT-2 sizes train slowly: say how slowly, before it starts."""
+    import torch
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        slow = [m for m in cfg.models if m in CPU_MINUTES_PER_RUN]
+        if slow:
+            per = max(CPU_MINUTES_PER_RUN[m] for m in slow)
+            print(f"note: no GPU here; {', '.join(slow)} on the CPU takes about {per} min per run of fast_test's "
+                  f"size on 2 cores ({len(cfg.attention_list()) * len(cfg.seq_lens) * len(slow)} runs here). "
+                  "The CPU preset is smoke (tiny model, about a minute)", flush=True)
