@@ -344,3 +344,12 @@ def test_show_says_what_it_draws_and_that_a_folder_has_no_report(tmp_path, capsy
     out = capsys.readouterr().out
     assert "no plots in" in out and "drawing them from the CSVs" in out
     assert "no report.md" in out and not (folder / "report.md").exists()
+
+
+def test_an_all_zero_metric_is_drawn_from_zero_and_says_so():
+    from matplotlib.figure import Figure
+    ax = Figure().subplots()
+    table = pd.DataFrame(dict(model=["gpt2"] * 2, seq_len=[512] * 2, attention=["sdpa", "flex"], status=["ok"] * 2,
+                              value=[0.0, 0.0], lo=[0.0, 0.0], hi=[0.0, 0.0], repeats=[[], []]))
+    plots.bar_panel(ax, table)
+    assert ax.get_ylim() == (0.0, 1.0) and any("0 in every run" in t.get_text() for t in ax.texts)

@@ -134,6 +134,10 @@ def bar_panel(ax, table: pd.DataFrame, ylabel: str = "", bottom: float | None = 
         if len(r.repeats) > 1:
             ax.plot([x] * len(r.repeats), r.repeats, "o", ms=3, color="black", zorder=3)
     ax.set_xlim(-0.5, len(models) - 0.5)        # room for the status text of a first or last bar
+    values = table.value[np.isfinite(table.value)]
+    if bottom is None and len(values) and (values == 0).all():  # all zero: an axis from 0, not +-0.04
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "0 in every run", transform=ax.transAxes, ha="center", fontsize=9, color="0.3")
     if len(models) == 1:
         ax.set_xticks([pos[(models[0], a)] for a in atts], atts, rotation=30 if len(atts) < 6 else 50,
                       ha="right", fontsize=8, rotation_mode="anchor")
