@@ -95,12 +95,9 @@ def slot_positions(a):
     return torch.zeros_like(a.slot_bucket).scatter(-1, a.q_slot, pos).scatter(-1, a.k_slot, pos)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_size_args(ap)
-    args = ap.parse_args(argv)
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
-    device = torch.device(args.device)
+def build_cases(args, device):
+    """The inputs of each mask: name -> (q, k, v, block mask, rows that are queries), and a header."""
+    from torch.nn.attention.flex_attention import BlockMask
     cuda = device.type == "cuda"
     B, H, D, c = max(1, args.tokens // args.T), 12, 64, int(lsh.PARAMS["bucket_size"])
     q, k, v = (torch.randn(B, H, args.T, D, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
@@ -115,7 +112,7 @@ def main(argv=None):
     rows = lsh.flex_rows(a, c, dedup=False)
     Lq, Lk = rows.q_code.shape[-1], rows.k_code.shape[-1]
     compact = (lsh.place(q, rows.q_row, Lq).flatten(1, 2), *(lsh.place(x, rows.k_row, Lk).flatten(1, 2) for x in (k, v)))
-    cases = {  # name: (q, k, v, block mask, rows that are queries)
+    cases = {
         "five loads": (*on_slots, band(five_loads(slot_positions(a).flatten(1, 2), a.slot_isk.flatten(1, 2),
                                                   a.slot_bucket.flatten(1, 2), c)), a.q_slot),
         "two loads": (*on_slots, band(two_loads(lsh.key_buckets(a).int().flatten(1, 2),
@@ -123,26 +120,42 @@ def main(argv=None):
         "band only": (*on_slots, band(band_only(c)), a.q_slot),
         "compact rows": (*compact, lsh.rows_block_mask(rows, c), rows.q_row),
     }
-    flex = compiled_flex() if cuda else flex_attention
-    lines, outs = [f"B={B} H*R={on_slots[0].shape[1]} T={args.T}, D={D}, {q.dtype}, {device}: flex alone, "
-                   f"median of {args.repeats}; slot layout {S} rows, compact {Lq} query rows, {Lk} key rows"], {}
+    head = (f"B={B} H*R={on_slots[0].shape[1]} T={args.T}, D={D}, {q.dtype}, {device}: flex alone, "
+            f"median of {args.repeats}; slot layout {S} rows, compact {Lq} query rows, {Lk} key rows")
+    return cases, head
+
+
+def time_case(name, qkv, mask, queries, flex, device, repeats):
+    """One mask's line (sparsity, fwd and on CUDA fwd+bwd ms) and each query's output."""
+    cuda = device.type == "cuda"
+    x = [t.detach().requires_grad_(cuda) for t in qkv]
+
+    def fwd():
+        return flex(*x, block_mask=mask)
+    with torch.no_grad():
+        out = lsh.take(fwd().view(*queries.shape[:3], -1, x[0].shape[-1]), queries).float()  # each query's row
+    line = f"{name:>12}: sparsity {mask.sparsity():.1f}%, fwd {1e3 * median_time(fwd, device, repeats):.2f} ms"
+    if not cuda:
+        return line + ", fwd+bwd n/a (flex has no backward on CPU)", out
+    grad = torch.randn_like(x[0])
+
+    def both():
+        torch.autograd.grad(fwd(), x, grad)
+    both()
+    return line + f", fwd+bwd {1e3 * median_time(both, device, repeats):.2f} ms", out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_size_args(ap)
+    args = ap.parse_args(argv)
+    from torch.nn.attention.flex_attention import flex_attention
+    device = torch.device(args.device)
+    cases, head = build_cases(args, device)
+    flex = compiled_flex() if device.type == "cuda" else flex_attention
+    lines, outs = [head], {}
     for name, (*qkv, mask, queries) in cases.items():
-        x = [t.detach().requires_grad_(cuda) for t in qkv]
-
-        def fwd():
-            return flex(*x, block_mask=mask)
-        with torch.no_grad():
-            outs[name] = lsh.take(fwd().view(*queries.shape[:3], -1, D), queries).float()  # each query's row
-        line = f"{name:>12}: sparsity {mask.sparsity():.1f}%, fwd {1e3 * median_time(fwd, device, args.repeats):.2f} ms"
-        if cuda:
-            grad = torch.randn_like(x[0])
-
-            def both():
-                torch.autograd.grad(fwd(), x, grad)
-            both()
-            line += f", fwd+bwd {1e3 * median_time(both, device, args.repeats):.2f} ms"
-        else:
-            line += ", fwd+bwd n/a (flex has no backward on CPU)"
+        line, outs[name] = time_case(name, qkv, mask, queries, flex, device, args.repeats)
         lines.append(line)
         print(line, flush=True)
     for other in ("five loads", "compact rows"):

@@ -58,3 +58,14 @@ def test_the_estimate_matches_the_h200_run_it_was_fitted_to():
     args = dict(n_layer=12, n_embd=768, n_head=12, vocab=50257, positions=1024, B=128, T=512)
     for attention, measured_gb in (("sdpa", 92.4), ("baseline", 121.4), ("linear", 117.8), ("lsh", 133.4)):
         assert estimate_bytes(attention=attention, **args) / 1e9 == pytest.approx(measured_gb, rel=0.05), attention
+
+
+def test_gpt2_on_a_cpu_is_warned_about_with_the_expected_time(capsys, monkeypatch):
+    import torch
+    from harness.sweep.runner import warn_cpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    warn_cpu(config.get_preset("fast_test"))
+    out = capsys.readouterr().out
+    assert "no GPU here; gpt2 on the CPU takes about 4 min per run" in out and "(9 runs here)" in out
+    warn_cpu(config.get_preset("smoke"))  # the tiny model: nothing to say
+    assert capsys.readouterr().out == ""
