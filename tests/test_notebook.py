@@ -1,6 +1,6 @@
 """for_colab.ipynb runs headless, unmodified, in a real Jupyter kernel (nbclient), on the smoke
 preset: any cell error fails the test. Environment variables stand in for a user's edits:
-AB_RESULTS_DIR (a temporary results folder), AB_PRESET=smoke, AB_ARGS (two attentions, to keep
+AB_RESULTS_DIR (a temporary results folder), AB_PRESET=smoke, AB_ARGS (two attentions and a short run, to keep
 it short), AB_SKIP_INSTALL=1 (the test's environment is already installed; no network).
 An older, fabricated result sits in the results folder so that cell 3 has one to show and
 cell 5 two to compare. Needs a working main.py; takes about a minute or two on 2 CPU cores.
@@ -29,9 +29,9 @@ def test_notebook_runs_on_smoke(tmp_path, monkeypatch):
     assert argv0 in {"python", "python3", sys.executable}, f"python3 kernel runs {argv0}, not {sys.executable}"
     results = tmp_path / "results"
     make_results(results, stamp=OLD, device="cpu", preset="smoke", models=("tiny",),
-                 attentions=("baseline", "sdpa"), seq_lens=(128,), oom=())
+                 attentions=("baseline", "sdpa"), seq_lens=(32,), oom=())
     for k, v in {"AB_RESULTS_DIR": str(results), "AB_PRESET": "smoke", "AB_SKIP_INSTALL": "1",
-                 "AB_ARGS": "--attention baseline,sdpa", "MPLBACKEND": "Agg"}.items():
+                 "AB_ARGS": "--attention baseline,sdpa --seq-len 32 --steps 2 --epochs 1 --warmup 1", "MPLBACKEND": "Agg"}.items():
         monkeypatch.setenv(k, v)
 
     nb = nbformat.read(ROOT / "for_colab.ipynb", as_version=4)
