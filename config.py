@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import UserError, unknown
 
-PRESET = "fast_test"  # <- the line to edit: smoke, fast_test, full_test, scaling
+PRESET = "fast_test"  # <- the line to edit: smoke, fast_test, full_test, scaling, t4, l4, a100, h100
 
 MODELS = ["gpt2", "gpt2-medium", "gpt2-large", "tiny"]   # tiny: 2 layers, for tests and smoke
 ALL = "all"
@@ -101,6 +101,28 @@ PRESETS: dict[str, Config] = {
     "scaling": dataclasses.replace(BASE, preset="scaling", seq_lens=[512, 1024, 2048, 4096, 8192, 16384],
                                    tokens_per_batch=16384, batches_per_epoch=16, epochs=1, warmup_steps=3),
 }
+
+
+# One preset per GPU tier, for the notebook's PRESET = "gpu" (gpu_preset picks it): gpt2, batch auto
+# (the largest that fits that GPU), more measured steps and a compiled model as the GPU grows.
+PRESETS |= {
+    "t4": dataclasses.replace(PRESETS["fast_test"], preset="t4", batches_per_epoch=4),       # 15 GB, fp16
+    "l4": dataclasses.replace(PRESETS["fast_test"], preset="l4", batches_per_epoch=6),       # 24 GB
+    "a100": dataclasses.replace(PRESETS["full_test"], preset="a100", batches_per_epoch=10),  # 40/80 GB
+    "h100": dataclasses.replace(PRESETS["full_test"], preset="h100"),                         # 80 GB and up
+}
+
+
+def gpu_preset(gpu_name: str | None, memory_gb: float | None = None) -> str:
+    """The tier preset for a GPU, by its name (T4, L4, A100, H100/H200) or else its memory; smoke without one."""
+    if not gpu_name:
+        return "smoke"
+    name = gpu_name.upper()
+    for tier, marks in (("t4", ("T4",)), ("l4", ("L4",)), ("a100", ("A100",)), ("h100", ("H100", "H200", "B200"))):
+        if any(m in name for m in marks) and not (tier == "l4" and "L40" in name):
+            return tier
+    memory = memory_gb or 0
+    return "t4" if memory < 20 else "l4" if memory < 32 else "a100" if memory < 90 else "h100"
 
 
 def get_preset(name: str) -> Config:

@@ -132,3 +132,12 @@ def test_show_piped_into_a_closed_reader_ends_quietly(tmp_path):
     p = subprocess.run(f"{sys.executable} main.py show --root {tmp_path / 'r'} | head -1", shell=True, cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+@pytest.mark.parametrize("gpu,memory,preset", [
+    ("Tesla T4", 15.8, "t4"), ("NVIDIA L4", 23.7, "l4"), ("NVIDIA A100-SXM4-40GB", 42.5, "a100"),
+    ("NVIDIA H100 80GB HBM3", 85.0, "h100"), ("NVIDIA H200", 150.8, "h100"), ("NVIDIA L40S", 48.0, "a100"),
+    ("Some GPU", 12.0, "t4"), (None, None, "smoke")])
+def test_each_gpu_tier_gets_its_preset(gpu, memory, preset):
+    assert config.gpu_preset(gpu, memory) == preset
+    config.validate(config.get_preset(preset))

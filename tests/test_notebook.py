@@ -48,3 +48,42 @@ def test_notebook_runs_on_smoke(tmp_path, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in code[2].outputs)   # ... with its plots inline
     assert "attention-bench: preset smoke" in _outputs(code[3])             # main.py's output streamed
     assert "train_time_s B/A" in _outputs(code[4])                          # cell 5 compared the two
+
+
+def _cell1(cwd, url=""):
+    """Run the notebook's first cell as a user would, in cwd, without installing anything."""
+    import subprocess
+    import os
+    src = "".join(nbformat.read(ROOT / "for_colab.ipynb", as_version=4).cells[2].source)
+    src = src.replace('REPO_URL = ""', f"REPO_URL = {url!r}", 1)
+    return subprocess.run([sys.executable, "-c", src], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "AB_SKIP_INSTALL": "1", "AB_RESULTS_DIR": str(cwd / "results")})
+
+
+def _fake_repo(folder, skip=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("config.py", "main.py", "requirements.txt", "attentions", "metrics", "harness", "assets"):
+        if name not in skip:
+            (folder / name).mkdir(parents=True) if "." not in name else (folder / name).write_text("")
+
+
+def test_cell_one_finds_the_code_in_an_upload_a_zip_or_says_what_is_missing(tmp_path):
+    import zipfile
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = _cell1(empty)
+    assert p.returncode != 0 and "no code found: set REPO_URL, or upload attention-bench.zip" in p.stderr
+    partial = tmp_path / "partial"  # files uploaded beside the notebook, folders left out
+    partial.mkdir()
+    _fake_repo(partial, skip=("metrics", "assets"))
+    p = _cell1(partial)
+    assert p.returncode != 0 and "incomplete: missing metrics, assets" in p.stderr
+    zipped = tmp_path / "zipped"  # GitHub's "Download ZIP": one top folder inside
+    _fake_repo(zipped / "src" / "attention-bench-main")
+    (zipped / "src" / "attention-bench-main" / "harness" / "x.py").write_text("")
+    with zipfile.ZipFile(zipped / "attention-bench-main.zip", "w") as z:
+        for f in (zipped / "src").rglob("*"):
+            z.write(f, f.relative_to(zipped / "src"))
+    p = _cell1(zipped)
+    assert p.returncode == 0, p.stderr
+    assert f"code: {zipped / 'attention-bench'}" in p.stdout and (zipped / "attention-bench" / "config.py").is_file()
