@@ -7,7 +7,7 @@ import dataclasses
 
 from config import Config
 from harness.run.model import PRETRAINED_POSITIONS, SIZES, VOCAB
-from metrics.memory import HEADROOM, estimate_bytes, largest_batch
+from metrics.memory import AUTO_TOKENS, HEADROOM, estimate_bytes, largest_batch
 
 CPU_BATCH = 2       # batch auto on the CPU: small, as the CPU presets always were
 REFUSE = 2.0        # a run estimated past REFUSE x the device's memory is not started (status oom)
@@ -57,7 +57,7 @@ def resolve_batch(cfg: Config) -> tuple[Config, dict | None]:
     return dataclasses.replace(cfg, batch_size=B), dict(
         batch_size=B, memory_gb=memory / 1e9, memory_from=where, headroom=HEADROOM,
         why=f"the largest batch whose estimated peak fits {HEADROOM:.0%} of the device for every mechanism "
-            f"and length of the plan, at most {largest_batch.__defaults__[0]} tokens a step")
+            f"and length of the plan, at most {AUTO_TOKENS} tokens a step")
 
 
 def check(cfg: Config, runs: list[dict], log=print) -> dict[str, tuple[float, str | None]]:

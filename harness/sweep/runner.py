@@ -71,8 +71,9 @@ def run_sweep(cfg: Config | None, resume: str | None = None, shard=None, gpus: s
 def refuse_hopeless(sweep: Sweep) -> None:
     """Each pending run's memory estimate into its manifest entry; a run far past the device's
     memory ends as oom at once, before minutes are spent finding out."""
+    checked = memory_plan.check(sweep.cfg, sweep.pending())  # one device query for all of them
     for run in sweep.pending():
-        est, why = memory_plan.check(sweep.cfg, [run])[run["run_id"]]
+        est, why = checked[run["run_id"]]
         run["memory_estimate_gb"] = est / 1e9
         if why:
             sweep.end(run, dict(status="oom", reason=why), time.perf_counter())

@@ -32,9 +32,9 @@ set -uo pipefail
 cd "$(dirname "$0")/../../../.."
 OUT=${OUT:-out}
 WORK=${WORK:-/tmp/lsh_compact_rows}
-mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-source benchmarks/gpu_steps.sh  # left, step NAME MIN_SECONDS CMD...
+mkdir -p "$OUT"
+source benchmarks/gpu_steps.sh  # left, record_env, step NAME MIN_SECONDS CMD...
+record_env "$WORK/env.txt"
 run_step() {
   case $1 in
   flex_tests) step flex_tests 20 python3 -m pytest -q -rs -p no:cacheprovider tests/test_attentions.py \
