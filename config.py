@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 
 from harness.errors import UserError, unknown
 
-PRESET = "fast_test"  # <- the line to edit: smoke, fast_test, full_test, scaling, t4, l4, a100, h100
+PRESET = "fast_test"  # <- the line to edit: smoke, fast_test, full_test, scaling, quality, recall,
+                      #    t4, l4, a100, h100 (or "gpu": the tier of the GPU found)
 
-MODELS = ["gpt2", "gpt2-medium", "gpt2-large", "tiny"]   # tiny: 2 layers, for tests and smoke
+MODELS = ["gpt2", "gpt2-medium", "gpt2-large", "tiny", "mqar"]  # tiny: 2 layers, for tests and smoke;
+                                                                # mqar: the recall probe's 2 x 128 model
+TASKS = ["lm", "recall"]
+# A learning rate suited to each size (GPT-3's table, Brown et al. 2020: 125M 6e-4, 350M 3e-4, 760M 2.5e-4).
+LR_BY_MODEL = {"gpt2": 6e-4, "gpt2-medium": 3e-4, "gpt2-large": 2.5e-4, "tiny": 1e-3, "mqar": 1e-3}
 ALL = "all"
 SINGLE = ["baseline", "flash"]   # the original's only_use_single_attention=True
 PRETRAINED_MAX_POSITIONS = 1024  # GPT-2 checkpoints have 1024 learned positions
@@ -42,13 +47,22 @@ class Config:
     precompile: int | str = "auto"           # processes that compile the runs side by side before the
                                              # measured runs (filling torch's compile caches); 0 = off,
                                              # auto = CPU cores // 4 (max 8) on a GPU, else 0
-    lr: float = 3e-4                         # AdamW; a common GPT-2 small fine-tuning rate
+    lr: float | str = 3e-4                   # AdamW; a common GPT-2 small fine-tuning rate; auto: LR_BY_MODEL
+    lr_schedule: str = "constant"            # or cosine: linear warm-up over lr_warmup of the steps, then
+    lr_warmup: float = 0.0                   # a cosine down to lr / 10 at the last step
     seed: int = 0                            # same data order and init for every attention
+    seeds: list[int] | None = None           # several inits: a run per seed (the data order stays `seed`)
     attention_params: dict = field(default_factory=dict)  # e.g. {"sliding_window": {"window": 128}}
     # Data.
     offline: bool = False                    # True: bundled sample + bundled tokenizer, no hub calls
     dataset: str = "allenai/tulu-v2-sft-mixture"   # hub id, or a local .jsonl / folder path
     packing: str = "pack"                    # pack: full seq_len rows; pad: one example per row (original)
+    # Quality: a held-out split never trained on, equal budgets, the recall probe.
+    eval_tokens: int = 16384                 # held-out tokens per evaluation (0: none), in batches of the run's shape
+    eval_every: int = 0                      # also evaluate before the first step and every N steps (0: at the end)
+    token_budget: int | None = None          # every run trains on this many tokens (needs tokens_per_batch)
+    task: str = "lm"                         # lm: Tulu chat; recall: MQAR (Arora et al. 2023), generated here
+    recall_pairs: list[int] = field(default_factory=lambda: [16])  # key-value pairs per MQAR row; a run each
     # Measurement.
     sample_interval_s: float = 0.05          # background sampler period (NVML, psutil)
     measure_inference: bool = True           # time a no-grad forward of each batch
@@ -57,8 +71,21 @@ class Config:
     timeout_s: float | None = None           # per run; None = no limit
 
     @property
+    def n_batches(self) -> int:
+        """Batches per epoch: the token budget's, or batches_per_epoch."""
+        if self.token_budget and self.tokens_per_batch:
+            return -(-self.token_budget // self.tokens_per_batch)
+        return self.batches_per_epoch
+
+    @property
     def steps(self) -> int:
-        return self.batches_per_epoch * self.epochs
+        return self.n_batches * self.epochs
+
+    def lr_for(self, model: str) -> float:
+        return LR_BY_MODEL.get(model, BASE.lr) if self.lr == "auto" else self.lr
+
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
 
     @property
     def measured_steps(self) -> int:
@@ -87,7 +114,7 @@ PRESETS: dict[str, Config] = {
     # Offline, CPU, tiny model: the whole harness end to end in well under 2 minutes on 2 cores.
     "smoke": dataclasses.replace(BASE, preset="smoke", models=["tiny"], seq_lens=[128], batch_size=2,
                                  batches_per_epoch=2, epochs=2, warmup_steps=1, offline=True,
-                                 device="cpu", sample_interval_s=0.02),
+                                 device="cpu", sample_interval_s=0.02, eval_tokens=1024),
     # "Test all things but quickly": gpt2, all attentions, a few batches.
     "fast_test": dataclasses.replace(BASE, preset="fast_test", batches_per_epoch=3, epochs=2,
                                      warmup_steps=2, batch_size="auto"),
@@ -100,7 +127,22 @@ PRESETS: dict[str, Config] = {
     # ones still compile their own kernel, which they need.
     "scaling": dataclasses.replace(BASE, preset="scaling", seq_lens=[512, 1024, 2048, 4096, 8192, 16384],
                                    tokens_per_batch=16384, batches_per_epoch=16, epochs=1, warmup_steps=3),
+    # What each mechanism gives up: the same token budget for every run, a warm-up + cosine schedule,
+    # 3 seeds, the held-out split evaluated along the way (eval loss at equal tokens, time and joules).
+    "quality": dataclasses.replace(BASE, preset="quality", seq_lens=[1024], tokens_per_batch=16384,
+                                   token_budget=16384 * 150, epochs=1, warmup_steps=5, lr="auto",
+                                   lr_schedule="cosine", lr_warmup=0.1, seeds=[0, 1, 2], eval_every=25,
+                                   eval_tokens=32768, compile=True, measure_inference=False),
+    # Multi-query associative recall (Arora et al. 2023): generated data, no download; where the
+    # windowed, sparse, hashed and linear mechanisms stop finding the key they need.
+    "recall": dataclasses.replace(BASE, preset="recall", task="recall", models=["mqar"], seq_lens=[256, 1024],
+                                  recall_pairs=[8, 32], tokens_per_batch=32768, token_budget=32768 * 300,
+                                  epochs=1, warmup_steps=5, lr="auto", lr_schedule="cosine", lr_warmup=0.1,
+                                  eval_tokens=65536, measure_inference=False, offline=True),
 }
+PRESETS["quality_t4"] = dataclasses.replace(  # the quality preset sized for a 16 GB T4's 30 minutes
+    PRESETS["quality"], preset="quality_t4", seq_lens=[512], tokens_per_batch=8192, token_budget=8192 * 60,
+    eval_every=20, eval_tokens=16384)
 
 
 # One preset per GPU tier, for the notebook's PRESET = "gpu" (gpu_preset picks it): gpt2, batch auto
@@ -177,7 +219,7 @@ def _check_plan(cfg: Config) -> None:
         raise UserError(f"warmup_steps must be an integer >= 0, got {cfg.warmup_steps!r}")
     if cfg.warmup_steps >= cfg.steps:
         raise UserError(f"warmup_steps ({cfg.warmup_steps}) must be < total steps "
-                        f"(batches_per_epoch x epochs = {cfg.steps}), or nothing is measured")
+                        f"(batches per epoch x epochs = {cfg.steps}), or nothing is measured")
 
 
 def _check_sources(cfg: Config) -> None:
@@ -212,13 +254,42 @@ def _check_device(cfg: Config) -> None:
         raise UserError(f"dtype {cfg.dtype} is for GPUs; this run is on the CPU: use dtype auto or fp32")
 
 
+def _check_quality(cfg: Config) -> None:
+    """Evaluation, budgets, schedules, seeds and the recall task."""
+    for name, valid in (("task", TASKS), ("lr_schedule", ["constant", "cosine"])):
+        if getattr(cfg, name) not in valid:
+            raise unknown(name, getattr(cfg, name), valid)
+    for name in ("eval_tokens", "eval_every"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
+            raise UserError(f"{name} must be an integer >= 0, got {getattr(cfg, name)!r}")
+    if cfg.token_budget is not None:
+        _positive_int("token_budget", cfg.token_budget)
+        if not cfg.tokens_per_batch or cfg.epochs != 1:
+            raise UserError("token_budget needs tokens_per_batch (the same tokens per step at every seq_len) "
+                            "and epochs = 1: set --tokens-per-batch, or drop the budget")
+    if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) < len(cfg.seeds)
+                                  or not all(isinstance(x, int) for x in cfg.seeds)):
+        raise UserError(f"seeds must be distinct integers, got {cfg.seeds!r}")
+    if not (cfg.lr == "auto" or (isinstance(cfg.lr, (int, float)) and cfg.lr > 0)):
+        raise UserError(f"lr must be > 0 or 'auto' (by model size), got {cfg.lr!r}")
+    if not 0 <= cfg.lr_warmup < 1:
+        raise UserError(f"lr_warmup is a fraction of the steps in [0, 1), got {cfg.lr_warmup!r}")
+    if (cfg.task == "recall") != (cfg.models == ["mqar"]):
+        raise UserError("the recall task trains the mqar model, and only it: --task recall --model mqar")
+    if cfg.task == "recall":
+        for T in cfg.seq_lens:
+            for n in cfg.recall_pairs:
+                if not isinstance(n, int) or n < 1 or 4 * n > T:
+                    raise UserError(f"recall_pairs {n!r} at seq_len {T}: need 1 <= pairs <= seq_len / 4 "
+                                    "(the pairs, then as many queries)")
+
+
 def validate(cfg: Config) -> Config:
     """Every check of user input in one place; raises UserError naming the field."""
     _check_plan(cfg)
+    _check_quality(cfg)
     _check_sources(cfg)
     _check_device(cfg)
-    if not (cfg.lr > 0):
-        raise UserError(f"lr must be > 0, got {cfg.lr!r}")
     if not (0 < cfg.sample_interval_s <= 10):
         raise UserError(f"sample_interval_s must be in (0, 10] seconds, got {cfg.sample_interval_s!r}")
     if cfg.precompile != "auto" and (not isinstance(cfg.precompile, int) or isinstance(cfg.precompile, bool)

@@ -40,6 +40,15 @@ def _batch(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of sequences or 'auto', got {text!r}") from None
 
 
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a learning rate or 'auto', got {text!r}") from None
+
+
 def _precompile(text: str | None) -> int | str | None:
     if text is None or text == "auto":
         return text
@@ -83,6 +92,14 @@ def parser() -> argparse.ArgumentParser:
       "one (fills torch.compile's caches); 0 = off; auto = CPU cores // 4 on a GPU")
     a("--timeout", type=float, help="seconds per run, counted from its launch, before it is stopped "
       "(status timeout)")
+    a("--seeds", help="comma list of model-init seeds: a run per seed (quality: 0,1,2)")
+    a("--tokens-per-batch", type=int, help="batch size = this // seq_len at every seq_len (scaling, quality)")
+    a("--token-budget", type=int, help="tokens every run trains on (with the preset's tokens per batch)")
+    a("--eval-every", type=int, help="evaluate the held-out split before the first step and every N steps "
+      "(0: at the end only)")
+    a("--eval-tokens", type=int, help="held-out tokens per evaluation (0: no evaluation)")
+    a("--recall-pairs", help="recall preset: key-value pairs per MQAR row, a comma list")
+    a("--lr", type=_lr, help="AdamW learning rate, or auto (by model size)")
     a("--out", help="results root folder (default results/)")
     a("--resume", metavar="DIR", help="continue the sweep in results folder DIR (its own config)")
     a("--progress", choices=["lines", "bar"], default="lines",
@@ -102,13 +119,19 @@ def config_from_args(args) -> configs.Config:
         over["attentions"] = _names(args.attention)
     if args.seq_len:
         over["seq_lens"] = _ints(args.seq_len)
+    for field, text in (("seeds", args.seeds), ("recall_pairs", args.recall_pairs)):
+        if text:
+            over[field] = _ints(text)
     if args.batch_size is not None:
         over["tokens_per_batch"] = None  # an explicit batch size wins over the scaling preset's rule
+    if args.tokens_per_batch is not None:
+        over["tokens_per_batch"] = args.tokens_per_batch
     for field, value in (("batch_size", args.batch_size), ("batches_per_epoch", args.steps), ("epochs", args.epochs),
                          ("warmup_steps", args.warmup), ("repeats", args.repeats), ("offline", args.offline),
                          ("dataset", args.dataset), ("init", args.init), ("device", args.device),
                          ("dtype", args.dtype), ("compile", args.compile), ("timeout_s", args.timeout),
-                         ("measure_inference", args.inference),
+                         ("measure_inference", args.inference), ("token_budget", args.token_budget),
+                         ("eval_every", args.eval_every), ("eval_tokens", args.eval_tokens), ("lr", args.lr),
                          ("precompile", _precompile(args.precompile)), ("out", args.out)):
         if value is not None:
             over[field] = value

@@ -29,6 +29,12 @@ CSV_READ = dict(keep_default_na=False, na_values=[""])
 FINAL = {"ok", "oom", "nan", "unavailable", "timeout", "error"}  # a run in any of these is done
 FLAG_COLUMNS = [m.column for m in QUALITY_COLUMNS]
 BATCH_COLUMNS = ID_COLUMNS + [m.column for m in METRICS] + FLAG_COLUMNS
+# A run's own numbers (manifest entry -> summary.csv, NaN when absent): energy, compile, FLOP
+# cross-check, memory estimate, and its held-out quality and budget (harness/run/evaluate.py).
+RUN_NUMBERS = ("energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "wall_s",
+               "flops_forward", "flops_fvcore_forward", "memory_estimate_gb", "eval_loss", "eval_ppl",
+               "eval_accuracy", "recall_accuracy", "eval_loss_start", "train_tokens", "train_s_total",
+               "energy_j_total")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -166,7 +172,7 @@ def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
     out = []
     for run in runs:
         row = {k: run.get(k) for k in ("run_id", "model", "attention", "kernel", "seq_len", "batch_size",
-                                       "repeat", "status", "reason")}
+                                       "repeat", "seed", "n_pairs", "status", "reason")}
         meas = batches[(batches["run_id"] == run["run_id"]) & (batches["phase"] == "measure")] \
             if len(batches) else pd.DataFrame()
         row["n_measured"] = len(meas)
@@ -177,8 +183,7 @@ def summarize(batches: pd.DataFrame, runs: list[dict]) -> pd.DataFrame:
                 row[f"{m.column}_lo"] = row[f"{m.column}_hi"] = row[m.column]
             else:
                 row[m.column], row[f"{m.column}_lo"], row[f"{m.column}_hi"] = median_interval(vals)
-        for k in ("energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "wall_s",
-                  "flops_forward", "flops_fvcore_forward", "memory_estimate_gb"):
+        for k in RUN_NUMBERS:
             row[k] = math.nan if run.get(k) is None else run[k]
         flags = meas["energy_flag"].tolist() if "energy_flag" in meas else []
         row["caveats"] = "; ".join(caveats(row, run, flags)) if run.get("status") == "ok" else ""

@@ -89,7 +89,22 @@ QUALITY_COLUMNS = [
     Metric("energy_flag", "", "ok | short_window (window < 100 ms, the NVML energy counter's "
            "update period: coarse per step, exact when summed) | nan (no counter)", "none"),
 ]
-BY_COLUMN = {m.column: m for m in METRICS + QUALITY_COLUMNS}
+# A run's held-out quality and budget (harness/run/evaluate.py): one value per run in summary.csv;
+# eval.csv has a row per evaluation with the eval_* columns and what was spent before it.
+RUN_METRICS = [
+    Metric("eval_loss", "nats/token", "mean cross-entropy on the held-out split at the run's last evaluation", "last"),
+    Metric("eval_ppl", "", "exp(eval_loss)", "last"),
+    Metric("eval_accuracy", "fraction", "top-1 next-token accuracy on the held-out split's labelled tokens",
+           "last", higher_is_better=True),
+    Metric("recall_accuracy", "fraction", "recall task: share of the queried MQAR values predicted exactly "
+           "(held-out rows)", "last", higher_is_better=True),
+    Metric("eval_loss_start", "nats/token", "eval_loss before the first step (--init pretrained: what the "
+           "swap alone did; needs eval_every > 0)", "last"),
+    Metric("train_tokens", "tokens", "tokens the run trained on", "last"),
+    Metric("train_s_total", "s", "training-step seconds of the run, warm-up steps counted at the median step's", "last"),
+    Metric("energy_j_total", "J", "GPU energy of the run's training steps, warm-up at the median step's", "last"),
+]
+BY_COLUMN = {m.column: m for m in METRICS + QUALITY_COLUMNS + RUN_METRICS}
 
 # Identity columns of a batches.csv row, before the metrics.
 ID_COLUMNS = ["run_id", "model", "attention", "kernel", "seq_len", "batch_size", "repeat",

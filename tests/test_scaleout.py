@@ -22,7 +22,8 @@ from harness.run import ddp, train
 from harness.report import breakdown
 from harness.store import global_steps
 from harness.sweep import processes
-from harness.sweep.launchers import GpuPool, OneAtATime
+from harness.sweep.launchers import GpuPool
+from inprocess import InProcess
 from harness.sweep.ledger import Sweep
 from harness.sweep.plan import plan, select_shard
 from harness.sweep.runner import prepare_data, run_sweep
@@ -134,14 +135,6 @@ def test_bad_shard_exit_2_nothing_written(bad, tmp_path, capsys):
     out = tmp_path / "r"
     assert main.main(["--preset", "smoke", "--shard", bad, "--out", str(out)]) == 2
     assert "--shard" in capsys.readouterr().err and not _folders(out)
-
-
-class InProcess(OneAtATime):
-    """The serial launcher without the fresh process (the merge tests are about folders, not isolation)."""
-
-    def result(self, sweep, run):
-        data = sweep.folder / ".runs" / f"data_T{run['seq_len']}_B{run['batch_size']}.pt"
-        return dict(train.run(sweep.cfg, dict(run, data=str(data)), log=quiet), status="ok")
 
 
 SWEEP_ARGS = ["--preset", "smoke", "--attention", "baseline,sdpa,linear", "--seq-len", "64", "--steps", "2",

@@ -25,6 +25,7 @@ class Result:
     batches: pd.DataFrame
     summary: pd.DataFrame
     samples: pd.DataFrame | None
+    evals: pd.DataFrame | None = None  # eval.csv: a row per held-out evaluation
 
     @property
     def context(self) -> str:
@@ -90,4 +91,5 @@ def load(folder) -> Result:
         for c in ("seq_len", "batch_size", "repeat", "epoch", "batch", "step", "n_measured"):
             if c in df and df[c].notna().all() and len(df):
                 df[c] = df[c].astype(int)
-    return Result(folder, manifest, batches, summary, read_folder_csv(folder / "samples.csv", required=False))
+    return Result(folder, manifest, batches, summary, read_folder_csv(folder / "samples.csv", required=False),
+                  read_folder_csv(folder / "eval.csv", required=False))

@@ -13,7 +13,8 @@ from metrics.caveats import caveats
 from metrics.catalog import METRICS, label
 
 TABLE = ["train_time_s", "tokens_per_s", "inference_time_s", "gpu_memory_mb", "memory_estimate_gb", "memory_gb",
-         "gpu_power_w", "gpu_util_percent", "joules_per_token", "loss", "attention_density"]     # the readable summary's metrics
+         "gpu_power_w", "gpu_util_percent", "joules_per_token", "loss", "eval_loss", "recall_accuracy",
+         "attention_density"]     # the readable summary's metrics
 ID = ["model", "attention", "kernel", "seq_len", "batch_size"]
 
 
@@ -40,7 +41,7 @@ def summary_table(result: Result, columns=TABLE) -> pd.DataFrame:
     if extra:
         s = pd.concat([s, pd.DataFrame(extra)], ignore_index=True)
     s = in_order(s)
-    ids = [c for c in ID if c in s] + (["repeat"] if "repeat" in s and s.repeat.nunique() > 1 else [])
+    ids = [c for c in ID if c in s] + [c for c in ("n_pairs", "seed", "repeat") if c in s and s[c].nunique() > 1]
     out = s[ids].copy()
     out["status"] = s.status.to_numpy()         # why a run failed: failures(), report.md
     for c in columns:

@@ -17,9 +17,14 @@ same batches. pack: conversations joined by eos and cut into full seq_len rows (
 style; attention crosses documents), labels = input_ids. pad (the original project): one
 conversation per row, truncated, right-padded with eos; attention_mask 0 and labels -100 there.
 Too little data is cycled, each pass freshly shuffled; stats counts the passes.
+
+Held-out split: a conversation is held out when a hash of (seed, its text) falls in the lowest
+EVAL_PERCENT: fixed by the seed and the record alone (not by how many records a run reads), and
+never trained on. split="train" skips those, split="eval" keeps only those.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -37,6 +42,14 @@ SAMPLE_FILE = os.path.join(ASSETS, "tulu_sample.jsonl")
 ROLES = ("system", "user", "assistant")
 CHUNK = 256   # records tokenized per call: big enough for batched encoding, small for lazy loading
 _BAD_JSON = object()  # marks a line that is not a JSON object
+EVAL_PERCENT = 10     # of the conversations, held out for evaluation
+SPLITS = ("train", "eval")
+
+
+def held_out(messages, seed: int) -> bool:
+    """Whether a conversation belongs to the held-out split (of seed)."""
+    text = json.dumps([seed, messages], sort_keys=True, ensure_ascii=False).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big") % 100 < EVAL_PERCENT
 
 
 def format_tulu(messages) -> str:
@@ -141,18 +154,22 @@ def _stream_datasets(dataset: str, path: str | None):
         raise UserError(f"cannot read the dataset '{dataset}': {type(e).__name__}: {e}") from e
 
 
-def _usable(records, skipped: Counter):
+def _usable(records, skipped: Counter, split: str | None = None, seed: int = 0):
+    """Usable conversations; with a split, only those of that split."""
     for rec in records:
         reason = _problem(rec)
         if reason:
             skipped[reason] += 1
-        else:
-            yield [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
+            continue
+        messages = [{"role": m["role"], "content": m["content"]} for m in rec["messages"]]
+        if split is None or held_out(messages, seed) == (split == "eval"):
+            yield messages
 
 
-def _nothing_usable(source: str, skipped: Counter) -> UserError:
+def _nothing_usable(source: str, skipped: Counter, split: str | None = None) -> UserError:
     why = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())) or "it is empty"
-    return UserError(f"no usable conversations in {source}: skipped {why}")
+    part = f" (its {split} split)" if split else ""
+    return UserError(f"no usable conversations in {source}{part}: skipped {why}")
 
 
 def load_records(cfg, limit: int):
@@ -167,12 +184,12 @@ def load_records(cfg, limit: int):
                    "exhausted": len(convs) < limit}
 
 
-def _load_docs(cfg, tokenizer, need: int, pack: bool):
-    """Tokenized conversations, read chunk by chunk until `need` tokens (pack) or rows (pad)."""
+def _load_docs(cfg, tokenizer, need: int, pack: bool, split: str):
+    """Tokenized conversations of a split, read chunk by chunk until `need` tokens (pack) or rows (pad)."""
     records, source = _open_source(cfg)
     skipped, docs, have = Counter(), [], 0
     with closing(records):
-        usable = _usable(records, skipped)
+        usable = _usable(records, skipped, split, cfg.seed)
         while have < need:
             chunk = list(itertools.islice(usable, CHUNK))
             for ids in tokenize_conversations(tokenizer, chunk):
@@ -183,8 +200,8 @@ def _load_docs(cfg, tokenizer, need: int, pack: bool):
             if len(chunk) < CHUNK:
                 break
     if not docs:
-        raise _nothing_usable(source, skipped)
-    return docs, {"source": source, "tokenizer": tokenizer.source, "records_loaded": len(docs),
+        raise _nothing_usable(source, skipped, split)
+    return docs, {"source": source, "split": split, "tokenizer": tokenizer.source, "records_loaded": len(docs),
                   "records_skipped": dict(skipped), "data_exhausted": have < need}
 
 
@@ -221,15 +238,17 @@ def _pad(docs, seq_len: int, rows: int, rng: random.Random, eos: int):
     return ids, mask, {**passes, "records_used": len(set(order)), "rows_truncated": truncated}
 
 
-def make_batches(cfg, tokenizer, seq_len: int, batch_size: int, n_batches: int):
+def make_batches(cfg, tokenizer, seq_len: int, batch_size: int, n_batches: int, split: str = "train"):
     """n_batches dicts of (B, T) long tensors input_ids, labels, attention_mask; and stats."""
     for name, v, low in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1), ("n_batches", n_batches, 1)):
         if not isinstance(v, int) or v < low:
             raise UserError(f"{name} must be an integer >= {low}, got {v!r}")
     if cfg.packing not in ("pack", "pad"):
         raise unknown("packing", cfg.packing, ["pack", "pad"])
+    if split not in SPLITS:
+        raise unknown("split", split, SPLITS)
     pack, rows = cfg.packing == "pack", batch_size * n_batches
-    docs, stats = _load_docs(cfg, tokenizer, rows * seq_len if pack else rows, pack)
+    docs, stats = _load_docs(cfg, tokenizer, rows * seq_len if pack else rows, pack, split)
     rng = random.Random(cfg.seed)  # depends on the seed and the data only: the same for every attention
     ids, mask, more = _pack(docs, seq_len, rows, rng) if pack else _pad(docs, seq_len, rows, rng, tokenizer.eos_id)
     labels = ids.masked_fill(mask == 0, -100)  # -100: ignored by the loss

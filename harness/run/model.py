@@ -2,7 +2,7 @@
 
 Sizes from Radford et al. 2019 / the Hugging Face configs: gpt2 12 x 768 x 12 heads, gpt2-medium
 24 x 1024 x 16, gpt2-large 36 x 1280 x 20; vocab 50257, 1024 learned positions. "tiny" (2 x 64 x 4)
-exists for tests and the smoke preset. All dropout is 0: FlexAttention, linear and LSH attention
+exists for tests and the smoke preset; "mqar" is the recall probe's (recall.model_config). All dropout is 0: FlexAttention, linear and LSH attention
 have no attention dropout, so every mechanism trains the same function (modern LM pre-training
 runs without dropout too).
 """
@@ -58,6 +58,9 @@ def build(name: str, attention: str, seq_len: int, init: str = "random",
     if init == "pretrained":
         model = GPT2LMHeadModel.from_pretrained(name, attn_implementation="eager", resid_pdrop=0.0,
                                                 embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
+    elif name == "mqar":  # the recall probe's small model (harness/run/recall.py)
+        from harness.run.recall import model_config
+        model = GPT2LMHeadModel(model_config(seq_len))
     else:
         model = GPT2LMHeadModel(gpt2_config(name, seq_len))
     merged = attentions.install(model, attention, params, init=init)

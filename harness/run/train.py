@@ -15,8 +15,10 @@ import torch
 
 import attentions
 from config import Config
-from harness.run import data, ddp
+from harness.run import ddp
 from harness.run import model as models
+from harness.run.batches import run_data
+from harness.run.evaluate import eval_rows, evaluate, quality_info, scheduler
 from harness.run.step import StepTimer, fault_for, inference_time, train_step
 from harness.run.tokenizer import get_tokenizer
 from metrics.flops import fvcore_forward_flops, palm_flops_per_token, palm_n_params, train_step_flops
@@ -60,17 +62,18 @@ class Setup:
     palm: float                  # PaLM training FLOPs per token (MFU's numerator)
     peak: float                  # the device's peak TFLOP/s at this dtype (NaN if unknown)
     size_mb: float
+    evals: list[dict] = field(default_factory=list)  # held-out batches, on the device
+    sched: object = None         # the learning-rate schedule (evaluate.scheduler)
     fault: str | None = None
     phases: dict = field(default_factory=dict)
 
 
-def load_batches(cfg: Config, run: dict):
-    """The run's batches: made once by the sweep's parent (a file; in memory under torchrun), or here."""
+def load_batches(cfg: Config, run: dict) -> dict:
+    """The run's training and held-out batches (batches.run_data): made once by the sweep's parent
+    (a file; in memory under torchrun), or here."""
     if run.get("data"):
-        saved = run["data"] if isinstance(run["data"], dict) else torch.load(run["data"])
-        return saved["batches"], saved["stats"]
-    return data.make_batches(cfg, get_tokenizer(cfg.offline), run["seq_len"], run["batch_size"],
-                             cfg.batches_per_epoch)
+        return run["data"] if isinstance(run["data"], dict) else torch.load(run["data"])
+    return run_data(cfg, get_tokenizer(cfg.offline) if cfg.task == "lm" else None, run)
 
 
 def to_device(batches: list[dict], device) -> tuple[list[dict], list[int]]:
@@ -90,23 +93,26 @@ def prepare(cfg: Config, run: dict, device: torch.device) -> Setup:
     if reason:
         raise Unavailable(reason)
     dtype, needs_scaler = models.pick_dtype(cfg.dtype, device)
-    batches, data_stats = load_batches(cfg, run)
-    batches = ddp.shard_batches(batches)  # torchrun: this rank's rows of each global batch
+    made = load_batches(cfg, run)
+    batches = ddp.shard_batches(made["batches"])  # torchrun: this rank's rows of each global batch
     T, B = run["seq_len"], batches[0]["input_ids"].shape[0]  # rows this process trains
     batches, real = to_device(batches, device)
+    evals = to_device(made.get("eval") or [], device)[0]  # under torchrun every rank evaluates all
     model, params = models.build(run["model"], run["attention"], T, cfg.init,
-                                 cfg.attention_params.get(run["attention"]), cfg.seed)
+                                 cfg.attention_params.get(run["attention"]), run.get("seed", cfg.seed))
     model.to(device).train()
     c = model.config
     H, D = c.n_head, c.n_embd // c.n_head
     flops = train_step_flops(c, B, T, spec.flops(B, H, T, D, params), kv_heads=params.get("kv_heads"))
-    s = Setup(spec=spec, dtype=dtype, batches=batches, real=real, data_stats=data_stats, model=model,
+    s = Setup(spec=spec, dtype=dtype, batches=batches, real=real, data_stats=made["stats"], model=model,
               step_model=model, params=params, kernel=spec.kernel(device, params, dtype=dtype, shape=(B, H, T, D)),
-              opt=torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device.type == "cuda"),
+              opt=torch.optim.AdamW(model.parameters(), lr=cfg.lr_for(run["model"]), fused=device.type == "cuda"),
               scaler=torch.amp.GradScaler(device.type, enabled=needs_scaler), flops=flops["total"],
               flops_forward=flops["forward"],
               palm=palm_flops_per_token(palm_n_params(model), c.n_layer, H, D, T),
-              peak=peak_tflops(device, dtype), size_mb=model_size_mb(model), fault=fault_for(run["attention"]))
+              peak=peak_tflops(device, dtype), size_mb=model_size_mb(model), fault=fault_for(run["attention"]),
+              evals=evals)
+    s.sched = scheduler(s.opt, cfg, len(batches) * cfg.epochs)
     t_probe = time.perf_counter()
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         model(input_ids=batches[0]["input_ids"][:1])  # eager: masks and kernel probes built before compile
@@ -135,7 +141,7 @@ def fvcore_check(s: Setup) -> dict:
 
 def seeded_prepare(cfg: Config, run: dict):
     """The run's device and prepare(), after seeding: the same for a measured and a warm run."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(run.get("seed", cfg.seed))
     device = ddp.local_device(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK
     return device, prepare(cfg, run, device)
 
@@ -146,16 +152,26 @@ def run(cfg: Config, run: dict, log=print) -> dict:
     meter = Meter(device, interval_s=cfg.sample_interval_s)
     meter.start()
     try:
-        rows, energy, windows = loop(cfg, run, s, device, StepTimer(device), meter, log)
+        rows, energy, windows, evals = loop(cfg, run, s, device, StepTimer(device), meter, log)
     finally:
         meter.stop()  # completes each step's sampled columns (power, utilisation, energy)
     for row, m in zip(rows, windows):
         row.update(m)
         row["joules_per_token"] = row["energy_j"] / row["tokens"]
         row["gpu_power_counter_w"] = row["energy_j"] / row["window_s"] if row["window_s"] > 0 else math.nan
+    evals = eval_rows(run, rows, evals, cfg.warmup_steps)
     # fvcore traces the model: after the measured steps and their compiled graphs, outside the meter
-    info = dict(run_info(cfg, s, device, rows, energy, meter), **fvcore_check(s))
-    return {"rows": rows, "info": info, "samples": meter.samples()}
+    info = dict(run_info(cfg, s, device, rows, energy, meter), **fvcore_check(s), **quality_info(cfg, rows, evals))
+    return {"rows": rows, "info": info, "samples": meter.samples(), "evals": evals}
+
+
+def eval_point(s: Setup, step: int, device, meter: Meter) -> dict:
+    """One evaluation between training steps, with its own time and energy (kept out of the run's)."""
+    t0, e0 = time.perf_counter(), meter.energy_counter_j()
+    out = evaluate(s.step_model, s.evals, s.dtype, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return dict(out, step=step, eval_s=time.perf_counter() - t0, eval_energy_j=meter.energy_counter_j() - e0)
 
 
 def run_info(cfg: Config, s: Setup, device, rows: list[dict], energy: float, meter: Meter) -> dict:
@@ -202,7 +218,7 @@ def warm(cfg: Config, run: dict) -> dict:
     device, s = seeded_prepare(cfg, run)
     batch = s.batches[0]
     train_step(s.step_model, batch, s.opt, s.scaler, s.dtype, StepTimer(device), run["attention"], 0)
-    if cfg.measure_inference:
+    if cfg.measure_inference or s.evals:  # the no-grad graph: inference and evaluation
         inference_time(s.step_model, batch, s.dtype, device)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -214,6 +230,7 @@ def loop(cfg: Config, run: dict, s: Setup, device, timer: StepTimer, meter: Mete
     rows, windows, n, e0 = [], [], len(s.batches), math.nan
     total = n * cfg.epochs
     every = max(1, total // 5)
+    evals = [eval_point(s, 0, device, meter)] if s.evals and cfg.eval_every else []
     for step in range(total):
         epoch, b = divmod(step, n)
         phase = "warmup" if step < cfg.warmup_steps else "measure"
@@ -227,17 +244,23 @@ def loop(cfg: Config, run: dict, s: Setup, device, timer: StepTimer, meter: Mete
         loss = float(ddp.global_loss(loss))  # torchrun: the whole global batch's loss
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss} at step {step}")
+        s.sched.step()
         rows.append(row(run, s, epoch, b, step, phase, loss, timer.parts(marks)))
         windows.append(m)
+        if s.evals and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
+            evals.append(eval_point(s, step + 1, device, meter))
         if (step + 1) % every == 0 or step + 1 == total:
             r = rows[-1]
             log(f"    step {step + 1}/{total} [{phase}] loss {loss:.3f}  {r['train_time_s']:.3f} s  "
                 f"{r['tokens_per_s']:,.0f} tokens/s", flush=True)
-    energy = meter.energy_counter_j() - e0  # the measured training phase, nothing else in between
+    # the measured training phase, less the evaluations inside it
+    energy = meter.energy_counter_j() - e0 - sum(e["eval_energy_j"] for e in evals if e["step"] > cfg.warmup_steps)
+    if s.evals:
+        evals.append(eval_point(s, total, device, meter))
     for r in rows:  # inference timed after training so it never sits inside the energy window
         r["inference_time_s"] = inference_time(s.step_model, s.batches[r["batch"]], s.dtype, device) \
             if cfg.measure_inference else math.nan
-    return rows, energy, windows
+    return rows, energy, windows, evals
 
 
 def row(run: dict, s: Setup, epoch: int, b: int, step: int, phase: str, loss: float, times) -> dict:

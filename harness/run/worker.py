@@ -16,6 +16,7 @@ import torch
 
 from config import Config
 from harness.run import ddp, train
+from harness.run.batches import data_key
 from harness.store import write_json
 
 
@@ -58,8 +59,7 @@ def run_local(cfg: Config, run: dict, batches: dict) -> dict:
     the job."""
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
-    bat, stats = batches[(run["seq_len"], run["batch_size"])]
-    spec = dict(run, data={"batches": bat, "stats": stats})
+    spec = dict(run, data=batches[data_key(run)])
     try:
         res = train.run(cfg, spec, log=print if ddp.rank() == 0 else (lambda *a, **k: None))
         return dict(res, status="ok", reason="")

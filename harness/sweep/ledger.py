@@ -25,7 +25,9 @@ from harness.sweep.plan import plan, select_shard, shard_label
 RUN_INFO = ("kernel", "energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "phases",
             "compile_cache", "attention_params", "dtype", "flops_per_step", "palm_flops_per_token",
             "peak_tflops", "flops_forward", "flops_fvcore_forward", "flops_fvcore_reason", "fvcore_s",
-            "device", "other_gpu_processes", "emulated_capability", "world_size", "gpu_memory_mb_by_rank", "nvml_by_rank")
+            "device", "other_gpu_processes", "emulated_capability", "eval_loss", "eval_ppl", "eval_accuracy",
+            "recall_accuracy", "eval_loss_start", "train_tokens", "train_s_total", "energy_j_total",
+            "world_size", "gpu_memory_mb_by_rank", "nvml_by_rank")
 
 
 def now() -> str:
@@ -62,7 +64,7 @@ class Sweep:
         manifest = json.loads(path.read_text())
         sweep = cls(folder, Config.from_dict(manifest["config"]), manifest, log)
         done = {r["run_id"] for r in sweep.runs if r["status"] in store.FINAL}
-        for name in ("batches.csv", "samples.csv"):  # rows of a run cut off between writes
+        for name in ("batches.csv", "samples.csv", "eval.csv"):  # rows of a run cut off between writes
             df = store.read_csv(folder / name)
             if len(df) and not df["run_id"].isin(done).all():
                 store.write_csv(folder / name, df[df["run_id"].isin(done)])
@@ -77,9 +79,9 @@ class Sweep:
         import torch
         tmp = self.folder / ".runs"
         tmp.mkdir(exist_ok=True)
-        for (t, b), (bat, stats) in batches.items():
-            torch.save({"batches": bat, "stats": stats}, tmp / f"data_T{t}_B{b}.pt")
-            self.manifest["data"] = stats
+        for key, made in batches.items():
+            torch.save(made, tmp / f"data_{key}.pt")
+            self.manifest["data"] = made["stats"]
 
     def pending(self) -> list[dict]:
         return [r for r in self.runs if r["status"] not in store.FINAL]
@@ -134,6 +136,8 @@ class Sweep:
         samples = [dict(run_id=run["run_id"], **s) for s in res.get("samples") or []]
         if samples:
             store.append_rows(self.folder / "samples.csv", samples, drop_run_ids=[run["run_id"]])
+        if res.get("evals"):
+            store.append_rows(self.folder / "eval.csv", res["evals"], drop_run_ids=[run["run_id"]])
         done = [r for r in self.runs if r["status"] in store.FINAL]
         store.write_csv(self.folder / "summary.csv", store.summarize(batches, done))
         self.save()

@@ -2,7 +2,7 @@
 into one results folder.
 
 run_ids keep their plan index, so merge unions shards by run_id (the first finished copy wins),
-rebuilds batches.csv, samples.csv and summary.csv, and reports duplicates, runs no shard holds
+rebuilds batches.csv, samples.csv, eval.csv and summary.csv, and reports duplicates, runs no shard holds
 and runs no shard finished. Shards of different sweeps are refused.
 """
 from __future__ import annotations
@@ -74,12 +74,13 @@ def _rows(name: str, chosen: dict, order: dict):
 
 
 def _write(folder: Path, chosen: dict, order: dict, done: list[dict]) -> None:
-    """batches.csv, samples.csv and summary.csv of the merged folder, each written atomically."""
+    """batches.csv, samples.csv, eval.csv and summary.csv of the merged folder, each written atomically."""
     batches = _rows("batches.csv", chosen, order)
     store.write_csv(folder / "batches.csv", batches)
-    samples = _rows("samples.csv", chosen, order)
-    if len(samples):
-        store.write_csv(folder / "samples.csv", samples)
+    for name in ("samples.csv", "eval.csv"):
+        rows = _rows(name, chosen, order)
+        if len(rows):
+            store.write_csv(folder / name, rows)
     store.write_csv(folder / "summary.csv", store.summarize(batches, done))
 
 

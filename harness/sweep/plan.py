@@ -12,15 +12,22 @@ from harness.errors import UserError
 
 
 def plan(cfg: Config) -> list[dict]:
+    """The runs in order. Several seeds or MQAR pair counts add `seed` / `n_pairs` to each run and
+    `_s{seed}` / `_p{pairs}` to its id (a plan without them keeps the ids it always had)."""
+    seeds = cfg.seed_list()
+    pairs = cfg.recall_pairs if cfg.task == "recall" else [None]
     runs = []
     for repeat in range(cfg.repeats):
         for m in cfg.models:
             for t in cfg.seq_lens:
-                for a in cfg.attention_list():
-                    runs.append(dict(model=m, attention=a, seq_len=t, batch_size=cfg.batch_size_for(t),
-                                     repeat=repeat, status="pending", reason=""))
+                for p in pairs:
+                    for seed in seeds:
+                        for a in cfg.attention_list():
+                            runs.append(dict(model=m, attention=a, seq_len=t, batch_size=cfg.batch_size_for(t),
+                                             repeat=repeat, seed=seed, n_pairs=p, status="pending", reason=""))
     for i, r in enumerate(runs):
-        r["run_id"] = f"{i:03d}_{r['model']}_{r['attention']}_T{r['seq_len']}_r{r['repeat']}"
+        extra = (f"_p{r['n_pairs']}" if r["n_pairs"] else "") + (f"_s{r['seed']}" if cfg.seeds else "")
+        r["run_id"] = f"{i:03d}_{r['model']}_{r['attention']}_T{r['seq_len']}{extra}_r{r['repeat']}"
     return runs
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from attentions.order import ORDER as ATTENTION_FILES  # every mechanism file
+from harness.run.batches import data_key
 from harness.store import nan_for_null, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +134,7 @@ def start(folder: Path, cfg, run: dict, env_extra: dict | None = None, log_path:
     (Path(folder) / ".runs").mkdir(exist_ok=True)
     spec, out, _ = run_files(folder, run, warm)
     out.unlink(missing_ok=True)
-    data = Path(folder) / ".runs" / f"data_T{run['seq_len']}_B{run['batch_size']}.pt"
+    data = Path(folder) / ".runs" / f"data_{data_key(run)}.pt"
     write_json(spec, dict(config=cfg.to_dict(), run=run, warm=warm, data=str(data) if data.exists() else None))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     if cfg.offline:
@@ -146,7 +147,8 @@ def collect(folder: Path, run: dict, rc: int, warm: bool = False) -> dict:
     spec, out, log = run_files(folder, run, warm)
     if out.exists():
         res = json.loads(out.read_text())
-        res["rows"], res["samples"] = nan_for_null(res.get("rows") or []), nan_for_null(res.get("samples") or [])
+        for key in ("rows", "samples", "evals"):
+            res[key] = nan_for_null(res.get(key) or [])
         out.unlink()
         spec.unlink(missing_ok=True)
         return res

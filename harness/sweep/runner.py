@@ -11,7 +11,8 @@ from pathlib import Path
 from config import Config
 from harness.errors import UserError
 from harness.run import ddp
-from harness.run.data import describe, make_batches
+from harness.run.batches import data_key, run_data
+from harness.run.data import describe
 from harness.run.tokenizer import get_tokenizer
 from harness.sweep import memory_plan, torchrun
 from harness.sweep.launchers import GpuPool, OneAtATime, parse_gpus
@@ -20,12 +21,14 @@ from harness.sweep.plan import plan, select_shard, shard_label
 
 
 def prepare_data(cfg: Config, runs: list[dict]) -> dict:
-    """Tokenize once in the parent, before anything is written: a bad dataset fails here."""
-    tok = get_tokenizer(cfg.offline)
-    made = {key: make_batches(cfg, tok, key[0], key[1], cfg.batches_per_epoch)
-            for key in sorted({(r["seq_len"], r["batch_size"]) for r in runs})}
-    for (T, B), (_, stats) in made.items():
-        print(f"T={T} batch={B}: {describe(stats)}", flush=True)
+    """Tokenize (or generate) once in the parent, before anything is written: a bad dataset fails
+    here. {data_key: run_data}: the training and held-out batches of each shape."""
+    tok = get_tokenizer(cfg.offline) if cfg.task == "lm" else None
+    first = {data_key(r): r for r in reversed(runs)}
+    made = {key: run_data(cfg, tok, run) for key, run in sorted(first.items())}
+    for key, d in made.items():
+        held = f"; held out: {d['eval_stats']['tokens']:,} tokens" if d["eval"] else ""
+        print(f"{key}: {describe(d['stats'])}{held}", flush=True)
     return made
 
 
