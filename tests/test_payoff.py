@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from pytest import approx
 
-from harness.report.payoff import at_equal, crossover, memory_frontier, payoff_section, quality_cost, \
+from harness.report.payoff import at_equal, crossover, memory_frontier, quality_cost, \
     seed_interval, speed_ratios, t975
+from harness.report.payoff_md import payoff_section
 from harness.report.tables import fmt
 from harness.report.payoff_plots import pareto_figure, pareto_front, payoff_figures, speedup_figure
 

@@ -13,8 +13,11 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from harness.errors import UserError
 from harness.report import plots
 from harness.report.display import display
+from harness.report.payoff_md import payoff_section
+from harness.report.payoff_plots import payoff_figures
 from harness.report.results import NoResults, Result, list_results, load
 from harness.report.tables import in_order, sig
+from harness.store import write_text
 
 COMPARE = ["train_time_s", "tokens_per_s", "inference_time_s", "gpu_memory_mb", "memory_gb",
            "joules_per_token", "loss"]
@@ -104,8 +107,28 @@ def compare(folders=None, root="results", out=None, show: bool = True) -> pd.Dat
         for line in caveats(results):
             print(f"read with care: {line}")
         display(table, pngs)
+    payoff(results, out, show)
+    if show:
         print(f"saved in {out}")
     return table
+
+
+def payoff(results: list[Result], out: Path, show: bool = True) -> list[str]:
+    """The payoff section over the compared folders together (sweeps of other lengths, other seeds,
+    shards): written to out/payoff.md with its figures, and shown."""
+    summary = pd.concat([r.summary for r in results], ignore_index=True)
+    evals = [r.evals for r in results if r.evals is not None and len(r.evals)]
+    lines = payoff_section(summary, pd.concat(evals, ignore_index=True) if evals else None)
+    paths = []
+    for stem, fig in payoff_figures(summary).items():
+        fig.savefig(out / f"{stem}.png", dpi=100)
+        paths.append(out / f"{stem}.png")
+    if lines:
+        write_text(out / "payoff.md", "\n".join(lines) + "\n")
+        if show:
+            print("\n".join(lines))
+            display(images=paths)
+    return lines
 
 
 def figure(letter: str, part: pd.DataFrame, legend: list[str], out: Path) -> Path:

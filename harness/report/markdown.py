@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.report import breakdown, plots
+from harness.report.payoff_md import payoff_section
+from harness.report.payoff_plots import payoff_figures
 from harness.run.data import describe
 from harness.report.results import load
 from harness.report.tables import (failures, flop_check, interval_table, md_table, not_measured, read_with_care,
@@ -21,7 +23,7 @@ def make_plots(folder, return_figures: bool = False):
     out.mkdir(exist_ok=True)
     for old in out.glob("*.png"):
         old.unlink()
-    figs = plots.all_figures(result.summary, result.batches, result.context)
+    figs = plots.all_figures(result.summary, result.batches, result.context) | payoff_figures(result.summary)
     paths = []
     for stem, fig in figs.items():
         fig.savefig(out / f"{stem}.png", dpi=100)
@@ -30,8 +32,8 @@ def make_plots(folder, return_figures: bool = False):
 
 
 def plot_rank(p: Path):
-    """Overview first, then loss, scaling, bars, per-batch lines (the order figures are made in)."""
-    order = ["overview", "loss_curves", "scaling_", "bar_", "batches_"]
+    """Overview first, then the payoff figures, loss, scaling, bars, per-batch lines."""
+    order = ["overview", "pareto_", "speedup_", "loss_curves", "scaling_", "bar_", "batches_"]
     return next((i for i, k in enumerate(order) if p.stem.startswith(k)), len(order)), p.stem
 
 
@@ -52,6 +54,7 @@ def write_report(folder, plot_paths=None) -> Path:
           md_table(summary_table(r)), ""]
     if m.get("data"):
         md[3:3] = [f"- {describe(m['data'])}"]
+    md += payoff_section(r.summary, r.evals, (m.get("data") or {}).get("source")) + [""]
     md += ["## Read with care", ""] + ([f"- {x}" for x in read_with_care(r)] or ["nothing to flag"]) + [""]
     md += ["## Not measured on this machine", ""] + ([f"- {label(c)}: {why}" for c, why in not_measured(r).items()]
                                                      or ["everything was measured"])
