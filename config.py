@@ -136,9 +136,10 @@ PRESETS: dict[str, Config] = {
     # Multi-query associative recall (Arora et al. 2023): generated data, no download; where the
     # windowed, sparse, hashed and linear mechanisms stop finding the key they need.
     "recall": dataclasses.replace(BASE, preset="recall", task="recall", models=["mqar"], seq_lens=[256, 1024],
-                                  recall_pairs=[8, 32], tokens_per_batch=32768, token_budget=32768 * 300,
-                                  epochs=1, warmup_steps=5, lr="auto", lr_schedule="cosine", lr_warmup=0.1,
-                                  eval_tokens=65536, measure_inference=False, offline=True),
+                                  recall_pairs=[8, 32], tokens_per_batch=32768, batches_per_epoch=100, epochs=6,
+                                  warmup_steps=5, lr="auto", lr_schedule="cosine", lr_warmup=0.1,
+                                  eval_tokens=65536, measure_inference=False, offline=True,
+                                  attention_params={"gqa": {"kv_heads": 2}}),  # the probe has 4 heads
 }
 PRESETS["quality_t4"] = dataclasses.replace(  # the quality preset sized for a 16 GB T4's 30 minutes
     PRESETS["quality"], preset="quality_t4", seq_lens=[512], tokens_per_batch=8192, token_budget=8192 * 60,

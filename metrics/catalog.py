@@ -117,9 +117,9 @@ def label(column: str) -> str:
     return m.label if m else column
 
 
-def markdown_table() -> str:
-    """The README's metric table, generated from the catalog."""
+def markdown_table(metrics=None) -> str:
+    """The README's metric table (or that of `metrics`, such as RUN_METRICS), from the catalog."""
     rows = ["| column | unit | original metric | meaning | summary |", "|---|---|---|---|---|"]
-    for m in METRICS:
+    for m in METRICS if metrics is None else metrics:
         rows.append(f"| {m.column} | {m.unit or '-'} | {m.seed or '-'} | {m.meaning} | {m.agg} |")
     return "\n".join(rows)

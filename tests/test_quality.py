@@ -14,7 +14,7 @@ from harness.run import data, model as models
 from harness.run.batches import data_key, eval_count, run_data
 from harness.run.evaluate import bucket_columns, evaluate, lr_factor, token_losses
 from harness.run.tokenizer import get_tokenizer
-from harness.sweep.plan import plan
+from harness.sweep.plan import plan, select_shard
 from harness.sweep.runner import run_sweep
 from inprocess import InProcess
 
@@ -99,7 +99,8 @@ def test_lr_schedule_warms_up_linearly_then_falls_by_cosine_to_a_tenth():
 def test_seeds_and_budgets_shape_the_plan():
     cfg = _smoke(seeds=[0, 1, 2], attentions=["sdpa", "linear"], tokens_per_batch=256, token_budget=1000, epochs=1)
     runs = plan(cfg)
-    assert [(r["seed"], r["attention"]) for r in runs[:3]] == [(0, "sdpa"), (0, "linear"), (1, "sdpa")]
+    assert [(r["seed"], r["attention"]) for r in runs[:4]] == [(0, "sdpa"), (1, "sdpa"), (2, "sdpa"), (0, "linear")]
+    assert {r["seed"] for r in select_shard(runs, (2, 3))} == {1}     # shard k of S seeds: seed k-1 of all
     assert len(runs) == 6 and all(r["run_id"].endswith(f"_s{r['seed']}_r0") for r in runs)
     assert cfg.n_batches == 4 and cfg.steps == 4                     # ceil(1000 / 256), one epoch
     assert len({data_key(r) for r in runs}) == 1                     # seeds share their batches
@@ -183,3 +184,23 @@ def test_pretrained_swap_is_evaluated_before_any_training(fake_hub):
     assert start["baseline"] == pytest.approx(ref, rel=1e-5)            # the checkpoint itself, untrained
     assert start["sdpa"] == pytest.approx(ref, rel=1e-4)                # exact attention: no damage
     assert abs(start["sliding_window"] - ref) > 1e-4                    # a window of 16 at T = 64 changes it
+
+
+def test_the_readme_lists_every_column_the_catalog_defines():
+    from conftest import ROOT
+    from metrics.catalog import RUN_METRICS, markdown_table
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme and markdown_table(RUN_METRICS) in readme
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled no-grad graph on cuda")
+def test_evaluate_through_the_compiled_model_on_cuda_matches_eager():
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50257, (4, 128), device=device)
+    batch = {"input_ids": ids, "labels": ids.clone()}
+    model = _tiny().to(device)
+    eager = evaluate(model, [batch], torch.bfloat16, device)
+    compiled = evaluate(torch.compile(model), [batch], torch.bfloat16, device)
+    assert compiled["eval_loss"] == pytest.approx(eager["eval_loss"], rel=2e-2)
+    assert compiled["eval_tokens"] == eager["eval_tokens"] == 4 * 127

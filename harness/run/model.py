@@ -12,15 +12,22 @@ import torch
 
 import attentions
 from harness.errors import UserError
+from harness.run import recall
 
 SIZES = {  # name: (n_layer, n_embd, n_head)
     "gpt2": (12, 768, 12),
     "gpt2-medium": (24, 1024, 16),
     "gpt2-large": (36, 1280, 20),
     "tiny": (2, 64, 4),
+    "mqar": (2, 128, 4),
 }
 VOCAB = 50257
 PRETRAINED_POSITIONS = 1024
+
+
+def vocab_of(name: str) -> int:
+    """The model's vocabulary: GPT-2's, or the recall probe's."""
+    return recall.VOCAB if name == "mqar" else VOCAB
 
 
 def gpt2_config(name: str, seq_len: int):
@@ -59,8 +66,8 @@ def build(name: str, attention: str, seq_len: int, init: str = "random",
         model = GPT2LMHeadModel.from_pretrained(name, attn_implementation="eager", resid_pdrop=0.0,
                                                 embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
     elif name == "mqar":  # the recall probe's small model (harness/run/recall.py)
-        from harness.run.recall import model_config
-        model = GPT2LMHeadModel(model_config(seq_len))
+        model = GPT2LMHeadModel(recall.model_config(seq_len, n_layer=SIZES[name][0], n_embd=SIZES[name][1],
+                                                    n_head=SIZES[name][2]))
     else:
         model = GPT2LMHeadModel(gpt2_config(name, seq_len))
     merged = attentions.install(model, attention, params, init=init)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from config import Config
-from harness.run.model import PRETRAINED_POSITIONS, SIZES, VOCAB
+from harness.run.model import PRETRAINED_POSITIONS, SIZES, vocab_of
 from metrics.memory import AUTO_TOKENS, HEADROOM, estimate_bytes, largest_batch
 
 CPU_BATCH = 2       # batch auto on the CPU: small, as the CPU presets always were
@@ -34,7 +34,7 @@ def dtype_bytes(cfg: Config, on_gpu: bool) -> int:
 
 def estimate(cfg: Config, run: dict, on_gpu: bool) -> float:
     n_layer, n_embd, n_head = SIZES[run["model"]]
-    return estimate_bytes(n_layer, n_embd, n_head, VOCAB, max(PRETRAINED_POSITIONS, run["seq_len"]), run["batch_size"],
+    return estimate_bytes(n_layer, n_embd, n_head, vocab_of(run["model"]), max(PRETRAINED_POSITIONS, run["seq_len"]), run["batch_size"],
                           run["seq_len"], run["attention"], cfg.attention_params.get(run["attention"]),
                           dtype_bytes(cfg, on_gpu))
 

@@ -13,7 +13,9 @@ from harness.errors import UserError
 
 def plan(cfg: Config) -> list[dict]:
     """The runs in order. Several seeds or MQAR pair counts add `seed` / `n_pairs` to each run and
-    `_s{seed}` / `_p{pairs}` to its id (a plan without them keeps the ids it always had)."""
+    `_s{seed}` / `_p{pairs}` to its id (a plan without them keeps the ids it always had). Seeds are
+    the innermost loop, so with S seeds `--shard k/S` is seed k-1 of every configuration: a
+    complete comparison on its own, which the other shards add seeds to."""
     seeds = cfg.seed_list()
     pairs = cfg.recall_pairs if cfg.task == "recall" else [None]
     runs = []
@@ -21,8 +23,8 @@ def plan(cfg: Config) -> list[dict]:
         for m in cfg.models:
             for t in cfg.seq_lens:
                 for p in pairs:
-                    for seed in seeds:
-                        for a in cfg.attention_list():
+                    for a in cfg.attention_list():
+                        for seed in seeds:
                             runs.append(dict(model=m, attention=a, seq_len=t, batch_size=cfg.batch_size_for(t),
                                              repeat=repeat, seed=seed, n_pairs=p, status="pending", reason=""))
     for i, r in enumerate(runs):

@@ -47,7 +47,10 @@ def run_phase(sweep, todo: list[dict], gpus: list[int] | None = None, poll_s: fl
     memory; the caches are the host's, so a graph warmed on one GPU serves the same model on all."""
     # Flex-based runs compile longest: they go first, so the phase does not end on one of them;
     # baseline (eager attention, the most memory) last, so it meets the fewest others on the GPU.
-    runs = sorted((r for r in todo if compiles(sweep.cfg, r)),
+    # One warm run per graph: seeds (and repeats) of a configuration compile the same graphs.
+    first = {(r["model"], r["attention"], r["seq_len"], r["batch_size"]): r
+             for r in reversed(todo) if compiles(sweep.cfg, r)}
+    runs = sorted(reversed(list(first.values())),
                   key=lambda r: (not attentions.get(r["attention"]).compiles, r["attention"] == "baseline"))
     n = workers(sweep.cfg, len(runs), sweep.manifest.get("environment", {}).get("gpu_count") or 0)
     if not n:
