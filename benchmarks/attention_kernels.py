@@ -147,7 +147,7 @@ def measure(name, T, args, device, dtype):
     if args.compile:
         # One eager call first, as train.py does: it builds the mechanism's BlockMask / dense mask
         # into its cache outside the graph. Traced instead, create_block_mask at T = 16384 kept
-        # the H200 compiling for minutes (the session-2 run of flex at T = 16384 timed out).
+        # the H200 compiling for minutes (an earlier H200 run of flex at T = 16384 timed out).
         with torch.no_grad():
             call()
         call = torch.compile(call)

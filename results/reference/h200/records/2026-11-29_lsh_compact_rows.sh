@@ -24,7 +24,7 @@
 #   2. benchmarks/attention_kernels.py: lsh (impl=flex) and baseline, 131072 tokens, T = 256..16384
 #   3. benchmarks/flex_mask_loads.py: flex alone, slot layout (three masks) against compact rows
 #   4. benchmarks/profile_lsh.py --impls flex,matmul: where each path's time goes (T = 2048)
-#   5. lsh with impl=matmul in the same session, T = 256..16384, for same-machine ratios
+#   5. lsh with impl=matmul in the same device call, T = 256..16384, for same-machine ratios
 #   6. the rest of the GPU tests of tests/test_attentions.py
 #   7. inmodel: main.py, gpt2 at T = 2048, baseline against lsh (impl=auto: flex), model uncompiled
 #   8. scaling: the scaling preset (gpt2, 16384 tokens per batch, T = 512..16384) for lsh and sdpa
