@@ -48,7 +48,7 @@ def run_phase(sweep, todo: list[dict], gpus: list[int] | None = None, poll_s: fl
     # Flex-based runs compile longest: they go first, so the phase does not end on one of them;
     # baseline (eager attention, the most memory) last, so it meets the fewest others on the GPU.
     # One warm run per graph: seeds (and repeats) of a configuration compile the same graphs.
-    first = {(r["model"], r["attention"], r["seq_len"], r["batch_size"]): r
+    first = {tuple(r.get(k) for k in ("model", "attention", "seq_len", "batch_size")): r
              for r in reversed(todo) if compiles(sweep.cfg, r)}
     runs = sorted(reversed(list(first.values())),
                   key=lambda r: (not attentions.get(r["attention"]).compiles, r["attention"] == "baseline"))

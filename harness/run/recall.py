@@ -1,0 +1,139 @@
+"""A recall probe that needs no download: multi-query associative recall (MQAR).
+
+MQAR is from Arora et al. 2023, "Zoology: Measuring and Improving Recall in Efficient Language
+Models" (zoology/data/associative_recall.py, multiquery_ar). Efficient attentions (linear, sparse,
+hashed) can match exact attention's perplexity and still fail at recall; MQAR measures recall
+directly: a row lists key-value pairs, then asks for the value of each key again later.
+
+Row layout (length T, n pairs):
+
+    k1 v1 k2 v2 ... kn vn | 0 0 kq vq 0 0 0 0 kr vr 0 ...
+
+- keys are distinct within a row, from [1, vocab // 2) (token 0 is the filler); values are
+  distinct within a row too, from [vocab // 2, vocab), as in Zoology;
+- every key is queried once, in a random order: the rest of the row is cut into (T - 2n) // 2
+  two-token slots and each query takes a distinct slot drawn uniformly (an odd T leaves one filler
+  at the end). The gap between a key and its query thus ranges from 2n - 2 up to T - 2 tokens.
+  Zoology draws the slots from a power law (power_a = 0.01) that favours early slots, i.e. short
+  gaps; uniform slots make long gaps as common as short ones;
+- the filler is token 0 (Zoology by default replaces it with random tokens, so the filler cannot
+  tell the model where a query is; here the model must still find the key's earlier mention); each query key is followed by its value in the input, so the row is an ordinary
+  causal-LM sequence. The model never sees the value before predicting it: it must recall it.
+
+labels follow Hugging Face's GPT2LMHeadModel convention (the model shifts: the logits at position
+i predict labels[i + 1]): labels[j] = input_ids[j] at each value that follows a queried key, -100
+everywhere else, the key-value pairs included (Zoology scores only the queries, too).
+"""
+from __future__ import annotations
+
+import torch
+
+from config import PRETRAINED_MAX_POSITIONS as PRETRAINED_POSITIONS
+from harness.errors import UserError
+
+VOCAB = 8192    # the probe model's default vocabulary: 4095 keys, 4096 values
+IGNORE = -100   # Hugging Face's ignored label
+
+
+def _check_positive(**ints) -> None:
+    for name, value in ints.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UserError(f"recall probe: {name} must be a positive integer, got {value!r}")
+
+
+def check_recall_args(seq_len: int, batch_size: int, n_batches: int, n_pairs: int,
+                      vocab: int = VOCAB) -> None:
+    """Raise UserError unless an MQAR set of these sizes can be built."""
+    _check_positive(seq_len=seq_len, batch_size=batch_size, n_batches=n_batches,
+                    n_pairs=n_pairs, vocab=vocab)
+    if 4 * n_pairs > seq_len:
+        raise UserError(f"recall probe: {n_pairs} pairs need seq_len >= {4 * n_pairs} "
+                        f"(2 x {n_pairs} tokens for the pairs, 2 x {n_pairs} for the queries), "
+                        f"got seq_len {seq_len}")
+    n_keys = vocab // 2 - 1  # token 0 is the filler
+    if n_keys < n_pairs:
+        raise UserError(f"recall probe: vocab {vocab} has {max(n_keys, 0)} keys ([1, {vocab // 2})), "
+                        f"too few for {n_pairs} distinct keys per row: use vocab >= {2 * n_pairs + 2}")
+
+
+def _distinct(generator: torch.Generator, rows: int, choices: int, k: int) -> torch.Tensor:
+    """(rows, k) long: a uniform random k-subset of [0, choices) per row, in a random order.
+
+    k well below choices (keys and values of a large vocabulary): draw k with replacement and
+    redraw the repeats until none are left; the process treats every index alike, so the subset
+    is uniform, at a cost of O(k) per row instead of O(choices). Otherwise: the top k of uniform
+    noise over all choices."""
+    if 2 * k > choices:
+        return torch.rand(rows, choices, generator=generator).topk(k, dim=1).indices
+    draw = torch.randint(choices, (rows, k), generator=generator)
+    while True:
+        draw = draw.sort(dim=1).values
+        repeat = torch.zeros_like(draw, dtype=torch.bool)
+        repeat[:, 1:] = draw[:, 1:] == draw[:, :-1]
+        n_repeats = int(repeat.sum())
+        if n_repeats == 0:
+            break
+        draw[repeat] = torch.randint(choices, (n_repeats,), generator=generator)
+    order = torch.rand(rows, k, generator=generator).argsort(dim=1)  # sorted -> random order
+    return draw.gather(1, order)
+
+
+def _batch(generator: torch.Generator, seq_len: int, rows: int, n_pairs: int, vocab: int) -> dict:
+    half = vocab // 2
+    keys = _distinct(generator, rows, half - 1, n_pairs) + 1
+    values = _distinct(generator, rows, vocab - half, n_pairs) + half
+    slots = _distinct(generator, rows, (seq_len - 2 * n_pairs) // 2, n_pairs)
+    input_ids = torch.zeros(rows, seq_len, dtype=torch.long)
+    input_ids[:, 0:2 * n_pairs:2] = keys
+    input_ids[:, 1:2 * n_pairs:2] = values
+    query = 2 * n_pairs + 2 * slots  # where each key is asked again; its value follows
+    input_ids.scatter_(1, query, keys)
+    input_ids.scatter_(1, query + 1, values)
+    labels = torch.full_like(input_ids, IGNORE)
+    labels.scatter_(1, query + 1, values)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
+
+
+def make_recall_batches(seq_len: int, batch_size: int, n_batches: int, n_pairs: int, seed: int,
+                        vocab: int = VOCAB) -> tuple[list[dict], dict]:
+    """n_batches MQAR batches of (batch_size, seq_len) long tensors input_ids, labels and
+    attention_mask (all ones), and their stats. The same arguments give the same batches."""
+    check_recall_args(seq_len, batch_size, n_batches, n_pairs, vocab)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"recall probe: seed must be an integer, got {seed!r}")
+    generator = torch.Generator().manual_seed(seed)
+    batches = [_batch(generator, seq_len, batch_size, n_pairs, vocab) for _ in range(n_batches)]
+    stats = {"source": "mqar (generated, Arora et al. 2023)", "n_pairs": n_pairs, "vocab": vocab,
+             "seed": seed, "seq_len": seq_len, "batch_size": batch_size, "n_batches": n_batches,
+             "tokens": n_batches * batch_size * seq_len,
+             "queries": n_batches * batch_size * n_pairs,  # one labelled value per pair per row
+             "chance_accuracy": 1 / (vocab - vocab // 2)}
+    return batches, stats
+
+
+def recall_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(correct, counted) over the labelled positions: argmax of logits[:, :-1] against
+    labels[:, 1:] (the HF shift), -100 ignored. logits (B, T, V) in any float dtype."""
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise UserError(f"recall_accuracy: logits (B, T, V) and labels (B, T) expected, "
+                        f"got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    predicted = logits[:, :-1].argmax(dim=-1)  # argmax reads fp16/bf16 as they are: no fp32 copy
+    target = labels[:, 1:].to(predicted.device)
+    counted = target != IGNORE
+    correct = (predicted == target) & counted
+    return int(correct.sum()), int(counted.sum())
+
+
+def model_config(seq_len: int, vocab: int = VOCAB, n_layer: int = 2, n_embd: int = 128,
+                 n_head: int = 4):
+    """The probe's small GPT-2 (Zoology trains 2 layers, d_model 64..512), built like
+    harness.run.model.gpt2_config: no dropout, eager attention until one is installed, no cache."""
+    from transformers import GPT2Config
+    _check_positive(seq_len=seq_len, vocab=vocab, n_layer=n_layer, n_embd=n_embd, n_head=n_head)
+    if n_embd % n_head:
+        raise UserError(f"recall probe: n_embd {n_embd} is not a multiple of n_head {n_head}")
+    return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab,
+                      n_positions=max(PRETRAINED_POSITIONS, seq_len),
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      attn_implementation="eager", use_cache=False,
+                      bos_token_id=None, eos_token_id=None)

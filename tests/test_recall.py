@@ -1,0 +1,126 @@
+"""harness/run/recall.py: the MQAR batches (layout, labels, determinism, validation), the recall
+accuracy, and that exact attention really learns the task, so the probe can tell mechanisms apart."""
+import time
+
+import pytest
+import torch
+
+from harness.errors import UserError
+from harness.run import recall
+
+T, B, PAIRS, VOCAB = 64, 8, 6, 128
+
+
+def batches(seed=0, n_batches=3, **kw):
+    args = dict(seq_len=T, batch_size=B, n_batches=n_batches, n_pairs=PAIRS, seed=seed, vocab=VOCAB)
+    return recall.make_recall_batches(**{**args, **kw})
+
+
+def test_batches_have_the_documented_shapes_dtypes_and_stats():
+    out, stats = batches()
+    assert len(out) == 3
+    for batch in out:
+        assert set(batch) == {"input_ids", "labels", "attention_mask"}
+        for tensor in batch.values():
+            assert tensor.shape == (B, T) and tensor.dtype == torch.long
+        assert bool((batch["attention_mask"] == 1).all())
+    assert stats == {"source": "mqar (generated, Arora et al. 2023)", "n_pairs": PAIRS, "vocab": VOCAB,
+                     "seed": 0, "seq_len": T, "batch_size": B, "n_batches": 3, "tokens": 3 * B * T,
+                     "queries": 3 * B * PAIRS, "chance_accuracy": 1 / 64}
+    assert stats["queries"] == sum(int((b["labels"] != -100).sum()) for b in out)
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    first, again, other = batches(seed=5)[0], batches(seed=5)[0], batches(seed=6)[0]
+    for a, b in zip(first, again):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+    assert not torch.equal(first[0]["input_ids"], other[0]["input_ids"])
+    assert not torch.equal(first[1]["input_ids"], first[0]["input_ids"])  # batches differ too
+
+
+def check_row(ids: list[int], labels: list[int], n_pairs: int, vocab: int) -> list[int]:
+    """Assert one row's layout; returns the gaps between each key and its query."""
+    keys, values = ids[0:2 * n_pairs:2], ids[1:2 * n_pairs:2]
+    assert len(set(keys)) == n_pairs and len(set(values)) == n_pairs
+    assert all(1 <= k < vocab // 2 for k in keys) and all(vocab // 2 <= v < vocab for v in values)
+    pairs = dict(zip(keys, values))
+    assert labels[:2 * n_pairs] == [-100] * (2 * n_pairs)  # the pairs themselves are not scored
+    labelled = [j for j, label in enumerate(labels) if label != -100]
+    assert len(labelled) == n_pairs
+    rest = ids[2 * n_pairs:]
+    assert sum(t != 0 for t in rest) == 2 * n_pairs  # queries and their values, filler 0 otherwise
+    gaps = []
+    for j in labelled:
+        assert labels[j] == ids[j] == pairs[ids[j - 1]]  # the value of the key just before it
+        gaps.append(j - 1 - keys.index(ids[j - 1]) * 2)
+    assert sorted(ids[j - 1] for j in labelled) == sorted(keys)  # every key asked once
+    return gaps
+
+
+def test_every_label_is_the_value_paired_with_the_key_before_it():
+    out, _ = batches(n_batches=8)
+    gaps = []
+    for batch in out:
+        for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+            gaps += check_row(ids, labels, PAIRS, VOCAB)
+    assert min(gaps) < 2 * PAIRS + 8 and max(gaps) > T - 8  # short and long gaps both occur
+
+
+def test_a_full_row_and_an_odd_length_still_follow_the_layout():
+    for seq_len, n_pairs, vocab in ((4 * 5, 5, 12), (33, 4, 64)):
+        out, _ = recall.make_recall_batches(seq_len, 4, 2, n_pairs, seed=1, vocab=vocab)
+        for batch in out:
+            for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+                check_row(ids, labels, n_pairs, vocab)
+
+
+def test_large_sets_are_generated_fast():
+    start = time.perf_counter()
+    out, stats = recall.make_recall_batches(1024, 64, 64, 32, seed=0)
+    assert time.perf_counter() - start < 2.0 and stats["tokens"] == 64 * 64 * 1024
+    keys = out[-1]["input_ids"][:, 0:64:2]
+    assert int(keys.max()) < recall.VOCAB // 2 and int(keys.min()) >= 1
+    assert all(len(set(row)) == 32 for row in keys.tolist())
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(n_pairs=17), "need seq_len >= 68"),
+    (dict(n_pairs=0), "n_pairs must be a positive integer"),
+    (dict(seq_len=-4), "seq_len must be a positive integer"),
+    (dict(batch_size=2.0), "batch_size must be a positive integer"),
+    (dict(n_batches=0), "n_batches must be a positive integer"),
+    (dict(vocab=12), "too few for 6 distinct keys"),
+    (dict(seed="1"), "seed must be an integer"),
+])
+def test_bad_arguments_are_user_errors(kw, message):
+    with pytest.raises(UserError, match=message):
+        batches(**kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_recall_accuracy_counts_the_shifted_labelled_positions(dtype):
+    (batch,), stats = batches(n_batches=1)
+    ids, labels = batch["input_ids"], batch["labels"]
+    perfect = torch.zeros(B, T, VOCAB, dtype=dtype)
+    perfect[:, :-1].scatter_(2, ids[:, 1:, None], 1.0)  # logits at i predict token i + 1
+    assert recall.recall_accuracy(perfect, labels) == (B * PAIRS, B * PAIRS)
+    unshifted = torch.zeros(B, T, VOCAB, dtype=dtype).scatter_(2, ids[:, :, None], 1.0)
+    assert recall.recall_accuracy(unshifted, labels) == (0, B * PAIRS)
+    value = int(labels[0, (labels[0] != -100)][0])  # a constant guess is right where that value is due
+    constant = torch.zeros(B, T, VOCAB, dtype=dtype)
+    constant[..., value] = 1.0
+    assert recall.recall_accuracy(constant, labels) == (int((labels == value).sum()), B * PAIRS)
+    with pytest.raises(UserError, match="logits"):
+        recall.recall_accuracy(perfect[0], labels)
+
+
+def test_model_config_is_the_small_probe_gpt2():
+    config = recall.model_config(2048, vocab=256, n_embd=64)
+    assert (config.n_layer, config.n_embd, config.n_head, config.vocab_size) == (2, 64, 4, 256)
+    assert config.n_positions == 2048 and recall.model_config(64).n_positions == 1024
+    assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.0
+    assert config._attn_implementation == "eager" and config.use_cache is False
+    assert recall.model_config(64).vocab_size == recall.VOCAB == 8192
+    with pytest.raises(UserError, match="multiple of n_head"):
+        recall.model_config(64, n_embd=100, n_head=8)
