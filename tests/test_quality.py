@@ -146,6 +146,7 @@ def test_a_sweep_with_seeds_writes_its_evaluations(tmp_path):
     assert (summary["eval_loss_start"] > summary["eval_loss"]).all()   # training helped
     assert summary["train_tokens"].tolist() == [192, 192]
     assert not pd.Series(ev["eval_loss"]).isna().any()
+    assert ev["energy_j_cum"].isna().all()                             # no energy counter on a CPU: never 0 J
 
 
 @pytest.fixture

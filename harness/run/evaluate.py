@@ -99,7 +99,7 @@ def eval_rows(run: dict, rows: list[dict], evals: list[dict], warmup: int) -> li
         out.append(dict(run_id=run["run_id"], model=run["model"], attention=run["attention"],
                         seq_len=run["seq_len"], seed=run.get("seed", 0), n_pairs=run.get("n_pairs"),
                         step=k, tokens_seen=sum(r["tokens"] for r in rows[:k]), train_s_cum=sum(t[:k]),
-                        energy_j_cum=sum(e[:k]), **{c: v for c, v in ev.items() if c != "step"}))
+                        energy_j_cum=sum(e[:k]) if med_e == med_e else math.nan, **{c: v for c, v in ev.items() if c != "step"}))
     return out
 
 
