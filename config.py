@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import UserError, unknown
 
-PRESET = "fast_test"  # <- the line to edit: smoke, fast_test, full_test, scaling, quality, recall,
-                      #    t4, l4, a100, h100 (or "gpu": the tier of the GPU found)
+PRESET = "fast_test"  # <- the line to edit: smoke, fast_test, full_test, scaling, quality, recall, t4, ...
 
 MODELS = ["gpt2", "gpt2-medium", "gpt2-large", "tiny", "mqar"]  # tiny: 2 layers, for tests and smoke;
                                                                 # mqar: the recall probe's 2 x 128 model

@@ -92,14 +92,7 @@ def parser() -> argparse.ArgumentParser:
       "one (fills torch.compile's caches); 0 = off; auto = CPU cores // 4 on a GPU")
     a("--timeout", type=float, help="seconds per run, counted from its launch, before it is stopped "
       "(status timeout)")
-    a("--seeds", help="comma list of model-init seeds: a run per seed (quality: 0,1,2)")
-    a("--tokens-per-batch", type=int, help="batch size = this // seq_len at every seq_len (scaling, quality)")
-    a("--token-budget", type=int, help="tokens every run trains on (with the preset's tokens per batch)")
-    a("--eval-every", type=int, help="evaluate the held-out split before the first step and every N steps "
-      "(0: at the end only)")
-    a("--eval-tokens", type=int, help="held-out tokens per evaluation (0: no evaluation)")
-    a("--recall-pairs", help="recall preset: key-value pairs per MQAR row, a comma list")
-    a("--lr", type=_lr, help="AdamW learning rate, or auto (by model size)")
+    quality_args(a)
     a("--out", help="results root folder (default results/)")
     a("--resume", metavar="DIR", help="continue the sweep in results folder DIR (its own config)")
     a("--progress", choices=["lines", "bar"], default="lines",
@@ -108,6 +101,18 @@ def parser() -> argparse.ArgumentParser:
     a("--shard", metavar="I/N", help="run only shard I of N of the plan (run index %% N == I-1); "
       "join the shard folders with 'main.py merge'")
     return p
+
+
+def quality_args(a) -> None:
+    """The flags of budgets, seeds and held-out evaluation."""
+    a("--seeds", help="comma list of model-init seeds: a run per seed (quality: 0,1,2)")
+    a("--tokens-per-batch", type=int, help="batch size = this // seq_len at every seq_len (scaling, quality)")
+    a("--token-budget", type=int, help="tokens every run trains on (with the preset's tokens per batch)")
+    a("--eval-every", type=int, help="evaluate the held-out split before the first step and every N steps "
+      "(0: at the end only)")
+    a("--eval-tokens", type=int, help="held-out tokens per evaluation (0: no evaluation)")
+    a("--recall-pairs", help="recall preset: key-value pairs per MQAR row, a comma list")
+    a("--lr", type=_lr, help="AdamW learning rate, or auto (by model size)")
 
 
 def config_from_args(args) -> configs.Config:

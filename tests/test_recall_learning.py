@@ -5,7 +5,7 @@ import torch
 import attentions
 from harness.run.recall import make_recall_batches, model_config, recall_accuracy
 
-VOCAB, T, PAIRS, STEPS = 64, 32, 4, 300   # 32 possible values: chance is 1/32
+VOCAB, T, PAIRS, STEPS = 64, 32, 4, 150   # 32 possible values: chance is 1/32
 
 
 def _trained_accuracy(attention: str, params=None) -> tuple[float, float]:
@@ -30,6 +30,6 @@ def _trained_accuracy(attention: str, params=None) -> tuple[float, float]:
 def test_exact_attention_learns_recall_well_above_chance_and_a_short_window_does_not():
     exact, chance = _trained_accuracy("sdpa")
     window, _ = _trained_accuracy("sliding_window", {"window": 4})   # the query and 3 earlier keys
-    assert exact > 5 * chance                 # measured: 0.33 against a chance of 0.031
+    assert exact > 5 * chance                 # measured: 0.23 against a chance of 0.031
     assert window < 2 * chance                # measured: 0.028
     assert exact > window + 0.15
