@@ -250,3 +250,15 @@ def test_speedup_figure_marks_crossovers():
     (speed_summary(), {"speedup_vs_sdpa"})])
 def test_payoff_figures_only_those_that_apply(summary, stems):
     assert set(payoff_figures(summary)) == stems
+
+
+def test_a_recall_sweep_gets_a_pareto_figure_per_pair_count():
+    rows = [dict(model="mqar", attention=a, seq_len=T, n_pairs=p, seed=0, status="ok", tokens_per_s=1e6 * (i + 1),
+                 tokens_per_s_lo=1e6 * (i + 1), tokens_per_s_hi=1e6 * (i + 1), eval_loss=8.0 - i - p / 100,
+                 batch_size=32, repeat=0)
+            for i, a in enumerate(["sdpa", "linear"]) for T in (256, 1024) for p in (8, 32)]
+    figs = payoff_figures(pd.DataFrame(rows))
+    assert {"pareto_tokens_per_s_p8", "pareto_tokens_per_s_p32"} <= set(figs)
+    assert "pareto_tokens_per_s" not in figs
+    one = payoff_figures(pd.DataFrame([r for r in rows if r["n_pairs"] == 8]))
+    assert "pareto_tokens_per_s" in one and "pareto_tokens_per_s_p8" not in one

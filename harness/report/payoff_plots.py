@@ -136,8 +136,15 @@ def speedup_figure(summary: pd.DataFrame, against: str = "sdpa") -> Figure | Non
 
 
 def payoff_figures(summary: pd.DataFrame) -> dict[str, Figure]:
-    """The payoff figures that apply, by file stem: pareto_tokens_per_s, pareto_joules, speedup_vs_sdpa."""
-    figs = {"pareto_tokens_per_s": pareto_figure(summary, "tokens_per_s"),
-            "pareto_joules": pareto_figure(summary, "joules_per_token_run"),
-            "speedup_vs_sdpa": speedup_figure(summary, "sdpa")}
+    """The payoff figures that apply, by file stem: pareto_tokens_per_s, pareto_joules, speedup_vs_sdpa.
+    A recall sweep of several pair counts gets its Pareto figures per count (_p8, _p32, ...): a loss
+    at 8 pairs and one at 32 are different tasks, not seeds of one."""
+    pairs = summary["n_pairs"].dropna().unique() if "n_pairs" in summary else []
+    parts = [("", summary)] if len(pairs) < 2 else \
+        [(f"_p{int(p)}", summary[summary["n_pairs"] == p]) for p in sorted(pairs)]
+    figs = {}
+    for tag, part in parts:
+        figs[f"pareto_tokens_per_s{tag}"] = pareto_figure(part, "tokens_per_s")
+        figs[f"pareto_joules{tag}"] = pareto_figure(part, "joules_per_token_run")
+    figs["speedup_vs_sdpa"] = speedup_figure(summary, "sdpa")
     return {k: f for k, f in figs.items() if f is not None}
