@@ -31,22 +31,20 @@ def _ints(text: str) -> list[int]:
         raise UserError(f"expected integers separated by commas, got {text!r}") from None
 
 
-def _batch(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of sequences or 'auto', got {text!r}") from None
+def _or_auto(convert, what: str):
+    """An argparse type: "auto", or the text converted (int, float), else an error naming `what`."""
+    def parse(text: str):
+        if text == "auto":
+            return text
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or 'auto', got {text!r}") from None
+    return parse
 
 
-def _lr(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a learning rate or 'auto', got {text!r}") from None
+_batch = _or_auto(int, "a number of sequences")
+_lr = _or_auto(float, "a learning rate")
 
 
 def _precompile(text: str | None) -> int | str | None:

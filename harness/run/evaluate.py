@@ -12,6 +12,7 @@ the tokens, steady-state seconds and joules spent before it (eval.csv); quality_
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -91,16 +92,15 @@ def eval_rows(run: dict, rows: list[dict], evals: list[dict], warmup: int) -> li
     meas = [r for r in rows if r["phase"] == "measure"]
     med_t = median_interval([r["train_time_s"] for r in meas])[0]
     med_e = median_interval([r["energy_j"] for r in meas])[0]
-    t = [med_t if r["step"] < warmup else r["train_time_s"] for r in rows]
-    e = [med_e if r["step"] < warmup else r["energy_j"] for r in rows]
-    out = []
-    for ev in evals:
-        k = ev["step"]
-        out.append(dict(run_id=run["run_id"], model=run["model"], attention=run["attention"],
-                        seq_len=run["seq_len"], seed=run.get("seed", 0), n_pairs=run.get("n_pairs"),
-                        step=k, tokens_seen=sum(r["tokens"] for r in rows[:k]), train_s_cum=sum(t[:k]),
-                        energy_j_cum=sum(e[:k]) if med_e == med_e else math.nan, **{c: v for c, v in ev.items() if c != "step"}))
-    return out
+    # spent before step k = the k-th prefix sum (index 0: nothing yet)
+    tokens = [0, *accumulate(r["tokens"] for r in rows)]
+    secs = [0.0, *accumulate(med_t if r["step"] < warmup else r["train_time_s"] for r in rows)]
+    joules = [0.0, *accumulate(med_e if r["step"] < warmup else r["energy_j"] for r in rows)]
+    who = dict(run_id=run["run_id"], model=run["model"], attention=run["attention"], seq_len=run["seq_len"],
+               seed=run.get("seed", 0), n_pairs=run.get("n_pairs"))
+    return [dict(who, step=ev["step"], tokens_seen=tokens[ev["step"]], train_s_cum=secs[ev["step"]],
+                 energy_j_cum=joules[ev["step"]] if med_e == med_e else math.nan,
+                 **{c: v for c, v in ev.items() if c != "step"}) for ev in evals]
 
 
 def quality_info(cfg, rows: list[dict], evals: list[dict]) -> dict:
