@@ -27,8 +27,10 @@ def prepare_data(cfg: Config, runs: list[dict]) -> dict:
     first = {data_key(r): r for r in reversed(runs)}
     made = {key: run_data(cfg, tok, run) for key, run in sorted(first.items())}
     for key, d in made.items():
+        run = first[key]
         held = f"; held out: {d['eval_stats']['tokens']:,} tokens" if d["eval"] else ""
-        print(f"{key}: {describe(d['stats'])}{held}", flush=True)
+        pairs = f" pairs={run['n_pairs']}" if run.get("n_pairs") else ""
+        print(f"T={run['seq_len']} batch={run['batch_size']}{pairs}: {describe(d['stats'])}{held}", flush=True)
     return made
 
 
