@@ -72,6 +72,15 @@ def parse_args(argv=None):
     return args
 
 
+def typed(kind, value: str):
+    """value as the registry default's type: int, float, bool (true/false, 1/0) or str."""
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(value)
+        return value.lower() in ("true", "1")
+    return kind(value) if kind in (int, float) else value
+
+
 def parse_params(text: str) -> dict:
     """"lsh.impl=flex,sliding_window.window=512" -> {"lsh": {"impl": "flex"}, "sliding_window":
     {"window": 512}}: each value takes the type of the registry's default."""
@@ -88,7 +97,7 @@ def parse_params(text: str) -> dict:
             raise ValueError(f"{name} has no parameter {key!r}; it has {', '.join(spec.params) or 'none'}")
         kind = type(spec.params[key])
         try:
-            out.setdefault(name, {})[key] = kind(value) if kind in (int, float) else value
+            out.setdefault(name, {})[key] = typed(kind, value)
         except ValueError:
             raise ValueError(f"{item!r}: {key} takes {kind.__name__} values") from None
     return out

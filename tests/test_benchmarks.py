@@ -63,7 +63,9 @@ def test_kernel_benchmark_takes_registry_parameters_and_refuses_bad_ones(tmp_pat
     assert rows.kernel[0] == "pytorch (sort + chunked matmuls)"  # impl=flex runs on CUDA only
     for bad, says in [("lsh.window=3", "lsh has no parameter 'window'"), ("lsh.bucket_size=big", "bucket_size takes int values"),
                       ("lsh", "is not NAME.KEY=VALUE"), ("nope.x=1", "'nope' is not an attention"),
-                      ("linear.chunk_size=8", "linear not in --mechanisms")]:
+                      ("linear.chunk_size=8", "linear not in --mechanisms"), ("lsh.dedup=no", "dedup takes bool values")]:
         with pytest.raises(SystemExit):
             attention_kernels.parse_args(["--mechanisms", "lsh", "--params", bad])
         assert says in capsys.readouterr().err
+    # a bool parameter reads as one: the string "false" would be truthy
+    assert attention_kernels.parse_params("lsh.dedup=false,lsh.n_hashes=4") == {"lsh": {"dedup": False, "n_hashes": 4}}
