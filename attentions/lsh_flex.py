@@ -62,6 +62,8 @@ class FlexRows(NamedTuple):
     k_code: torch.Tensor    # (B, H*R, Lk) the same for real keys, UNSEEN for padded keys and empty rows
     kv_num: torch.Tensor    # (B, H*R, Lq / 128) key pages each query page visits
     kv_idx: torch.Tensor    # (B, H*R, Lq / 128, Lk / 128) which, in page order
+    q_num: torch.Tensor     # (B, H*R, Lk / 128) query pages that visit each key page (the backward's lists)
+    q_idx: torch.Tensor     # (B, H*R, Lk / 128, Lq / 128) which, in page order
     q_round: torch.Tensor | None  # (B, H*R, Lq, R) each row's round codes (round_codes); None: no dedup
     k_round: torch.Tensor | None  # (B, H*R, Lk, R)
 
@@ -104,6 +106,18 @@ def key_pages(a: Assignment, qp: Pages, kp: Pages, k_before, c, nq, nk):
     return num, idx
 
 
+def visitors(num, idx):
+    """The transposed lists: per key page, the query pages that visit it, in page order ->
+    (num (..., nk), idx (..., nk, nq)) int32, as BlockMask's backward reads them."""
+    nq, nk = idx.shape[-2:]
+    listed = torch.arange(nk, device=idx.device) < num.unsqueeze(-1)             # (..., nq, nk) slot in use
+    dense = torch.zeros(*idx.shape[:-1], nk + 1, dtype=torch.int32, device=idx.device)
+    dense.scatter_(-1, torch.where(listed, idx, nk).long(), 1)                    # nk: the unused slots' bin
+    dense = dense[..., :nk].transpose(-1, -2)                                     # (..., nk, nq)
+    order = dense.argsort(dim=-1, descending=True, stable=True)                   # visitors first, in page order
+    return dense.sum(-1, dtype=torch.int32), order.int().contiguous()
+
+
 def flex_rows(a: Assignment, c, dedup=True):
     """The paged layout of an assignment. A query of bucket b sees the real keys of bucket b whose
     index in the bucket's order lies in [(i // c - 1) * c, i) for its own index i (own and previous
@@ -129,8 +143,8 @@ def flex_rows(a: Assignment, c, dedup=True):
     if dedup:
         cq, ck = (x.unsqueeze(2).expand(B, H, R, T, R) for x in round_codes(a, c))
         q_round, k_round = in_rows(cq, qp.row, 0, L), in_rows(ck, kp.row, 0, Lk)
-    return FlexRows(qp.row, kp.row, q_code, k_code, num.flatten(1, 2).int(), idx.flatten(1, 2).int(),
-                    q_round, k_round)
+    num, idx = num.flatten(1, 2).int(), idx.flatten(1, 2).int()
+    return FlexRows(qp.row, kp.row, q_code, k_code, num, idx, *visitors(num, idx), q_round, k_round)
 
 
 # -- the layout as one opaque op inside compiled graphs -------------------------------------------
@@ -159,15 +173,17 @@ def _(hq, hk, q_slot, k_slot, slot_isk, slot_bucket, bucket_slot, c, dedup):
     new = q_slot.new_empty
     rounds = [new(B, H * R, L, R, dtype=rnd), new(B, H * R, L, R, dtype=rnd)] if dedup else \
         [new(0, dtype=torch.int32), new(0, dtype=torch.int32)]
+    def lists():  # (num, idx) of pages: the forward's, then the backward's (no aliases)
+        return [new(B, H * R, nq, dtype=torch.int32), new(B, H * R, nq, nq, dtype=torch.int32)]
     return [new(B, H, R, T), new(B, H, R, T), new(B, H * R, L, dtype=code), new(B, H * R, L, dtype=code),
-            new(B, H * R, nq, dtype=torch.int32), new(B, H * R, nq, nq, dtype=torch.int32), *rounds]
+            *lists(), *lists(), *rounds]
 
 
 def flex_rows_eager(a: Assignment, c, dedup=True) -> FlexRows:
     """flex_rows through the custom op: eager even inside torch.compile."""
     parts = flex_rows_op(a.hq, a.hk, a.q_slot, a.k_slot, a.slot_isk, a.slot_bucket, a.bucket_slot, c, dedup)
     if not dedup:
-        parts = parts[:6] + [None, None]
+        parts = parts[:8] + [None, None]
     return FlexRows(*parts)
 
 
@@ -195,11 +211,16 @@ def dedup_score(q_round, k_round):
 
 def rows_block_mask(r: FlexRows, c):
     """The BlockMask of the paged layout: query page i visits the key pages kv_idx[i, :kv_num[i]]
-    (see key_pages), window_mask inside them."""
+    (see key_pages), window_mask inside them; the backward's transposed lists are the layout op's
+    (q_num, q_idx). BlockMask.from_kv_blocks would transpose inside the compiled graph: there, on
+    the H200, the backward kernel read out of bounds (an illegal memory access under
+    CUDA_LAUNCH_BLOCKING=1 in a compiled gpt2; without it, faults in some runs, silently wrong
+    gradients possible in others)."""
     from torch.nn.attention.flex_attention import BlockMask
-    return BlockMask.from_kv_blocks(r.kv_num, r.kv_idx, BLOCK_SIZE=FLEX_BLOCK,
-                                    seq_lengths=(r.q_code.shape[-1], r.k_code.shape[-1]),
-                                    mask_mod=window_mask(r.q_code, r.k_code, c))
+    return BlockMask(seq_lengths=(r.q_code.shape[-1], r.k_code.shape[-1]), kv_num_blocks=r.kv_num,
+                     kv_indices=r.kv_idx, full_kv_num_blocks=None, full_kv_indices=None,
+                     q_num_blocks=r.q_num, q_indices=r.q_idx, full_q_num_blocks=None, full_q_indices=None,
+                     BLOCK_SIZE=(FLEX_BLOCK, FLEX_BLOCK), mask_mod=window_mask(r.q_code, r.k_code, c))
 
 
 def flex_lse(flex, q, k, v, block_mask, scale, score_mod=None):

@@ -157,6 +157,12 @@ def test_lsh_pages_visit_every_key_page_a_query_needs_and_few_others(T, c, n_buc
     assert needed.any() and not (needed & ~blocks).any()
     assert mask.kv_num_blocks.sum(-1).float().mean() < 2.5 * -(-T // lsh.FLEX_BLOCK)
     assert int(mask.kv_num_blocks.max()) <= 3
+    # the backward's lists, computed in the layout op, are torch's own transposition of the forward's
+    from torch.nn.attention.flex_attention import BlockMask
+    ref = BlockMask.from_kv_blocks(mask.kv_num_blocks, mask.kv_indices, BLOCK_SIZE=lsh.FLEX_BLOCK)
+    assert torch.equal(mask.q_num_blocks, ref.q_num_blocks) and mask.q_indices.dtype == ref.q_indices.dtype
+    used = torch.arange(nq) < ref.q_num_blocks[..., None]
+    assert torch.equal(mask.q_indices[used], ref.q_indices[used]) and (mask.q_num_blocks > 0).any()
 
 
 @needs_cuda
