@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 
 from attentions.common import compiled_flex
+from attentions.device import capability
 from attentions.lsh_layout import Assignment, orders, place, round_codes, take
 
 FLEX_BLOCK = 128  # FlexAttention's block size: the flex path's rows are padded to a multiple of it
@@ -223,14 +224,28 @@ def rows_block_mask(r: FlexRows, c):
                      BLOCK_SIZE=(FLEX_BLOCK, FLEX_BLOCK), mask_mod=window_mask(r.q_code, r.k_code, c))
 
 
+# The forward kernel's tiles on Hopper (compute capability 9.x): 64 x 64 instead of inductor's
+# 128 x 64. A page holds one bucket, so most of a 128-row tile's scores are masked; at T = 2048
+# (131,072 tokens, bf16) lsh's fwd+bwd took 20.6 ms with these against 23.6 ms with the default,
+# baseline 23.9 ms (H200, benchmarks/lsh_tiles.py, results/reference/h200/2026-12-02/). Smaller
+# backward tiles did not help there. Other GPUs keep inductor's choice: not measured.
+HOPPER_TILES = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3}
+
+
+def tiles(device) -> dict | None:
+    """kernel_options for lsh's flex call on this device (None: inductor's defaults)."""
+    device = torch.device(device)
+    return dict(HOPPER_TILES) if device.type == "cuda" and capability(device)[0] == 9 else None
+
+
 def flex_lse(flex, q, k, v, block_mask, scale, score_mod=None):
     """flex_attention's output and its (differentiable, natural-log) log-sum-exp."""
+    options = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, kernel_options=tiles(q.device))
     try:
         from torch.nn.attention.flex_attention import AuxRequest
     except ImportError:  # torch < 2.9
-        return flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_lse=True)
-    out, aux = flex(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                    return_aux=AuxRequest(lse=True))
+        return flex(q, k, v, return_lse=True, **options)
+    out, aux = flex(q, k, v, return_aux=AuxRequest(lse=True), **options)
     return out, aux.lse
 
 

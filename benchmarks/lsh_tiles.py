@@ -1,10 +1,10 @@
 """Which FlexAttention tile sizes suit lsh's paged layout: lsh's fwd+bwd under each set of
 kernel_options, beside baseline's, in one process (ratios of the same run).
 
-lsh's flex call takes inductor's default tiles for the GPU (on an H100/H200, bf16, head dim 64:
-forward 128 x 64, backward 64 x 128 / 128 x 64, 8 warps). Its pages hold one bucket each, so
-many of its score tiles are mostly masked, and other tiles may suit it better. Each config is
-checked against the default one: the same output within bf16 rounding.
+Inductor's default tiles on an H100/H200 (bf16, head dim 64) are forward 128 x 64 and backward
+64 x 128 / 128 x 64 with 8 warps; lsh's pages hold one bucket each, so many of its score tiles are
+mostly masked, and other tiles may suit it better (lsh_flex.tiles is what lsh uses). Each config
+is checked against the first: the same output within bf16 rounding.
 
     python benchmarks/lsh_tiles.py --seq-lens 1024,2048,4096 --out results/lsh_tiles
 """
@@ -24,8 +24,9 @@ from attentions import lsh  # noqa: E402
 from attentions.flex_kernel import compiled_flex  # noqa: E402
 from benchmarks.attention_kernels import attention_call, median_time  # noqa: E402
 
-CONFIGS = {  # name: kernel_options (fwd_ / bwd_ prefixes: one kernel only); "default": inductor's
-    "default": {},
+CONFIGS = {  # name: kernel_options (fwd_ / bwd_ prefixes: one kernel only); "lsh": lsh's own choice
+    "lsh": None,                                   # (attentions/lsh_flex.py tiles), "inductor": inductor's
+    "inductor": {},
     "fwd64x64": {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3},
     "bwd64": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 64, "bwd_BLOCK_M2": 64, "bwd_BLOCK_N2": 64,
               "bwd_num_warps": 4, "bwd_num_stages": 3},
@@ -77,8 +78,8 @@ def lsh_call(options, B, H, T, D, device):
     q, k, v = (torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     rot = lsh.rotations(0, 0, H, D, lsh.n_buckets(T, lsh.PARAMS), lsh.PARAMS["n_hashes"], str(device), q.dtype)
 
-    def flex(*a, **kw):
-        return compiled_flex()(*a, **kw, kernel_options=dict(options) or None)
+    def flex(*a, kernel_options=None, **kw):  # options None: lsh's own
+        return compiled_flex()(*a, **kw, kernel_options=kernel_options if options is None else dict(options) or None)
     return (lambda: lsh.attention(q, k, v, None, lsh.PARAMS, D ** -0.5, rot, True, flex)), (q, k, v)
 
 
