@@ -9,6 +9,8 @@ written into summary.csv's `caveats` column and report.md's "Read with care".
   too few steps     fewer than 6 measured steps: the "interval" is min..max
   energy            steps shorter than the energy counter's 100 ms update (per-step energy is
                     coarse, the run total is exact), or no counter at all
+  no recall learnt  recall_accuracy at or below 1 / n_pairs, the MQAR plateau of a model that
+                    knows a row's values but not which key each belongs to
   other process     another process used the GPU during the run (NVML's process list)
   emulated          AB_EMULATE_CAPABILITY made an older GPU's code paths run (a T4's on an H200):
                     which kernels run is that GPU's, the speed is not
@@ -16,6 +18,7 @@ written into summary.csv's `caveats` column and report.md's "Read with care".
 from __future__ import annotations
 
 import math
+import numbers
 
 LAUNCH_BOUND_UTIL = 50.0     # percent
 NOISY = 0.10                 # half-width of the interval, as a fraction of the median
@@ -24,7 +27,7 @@ FALLBACK_WORDS = ("cpu", "pre-ampere", "fallback", "unavailable", "chunked pytor
 
 
 def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    return isinstance(x, numbers.Real) and math.isfinite(x)
 
 
 def caveats(row: dict, run: dict, energy_flags: list[str] = ()) -> list[str]:
@@ -51,6 +54,10 @@ def caveats(row: dict, run: dict, energy_flags: list[str] = ()) -> list[str]:
     if run.get("emulated_capability"):
         out.append(f"emulated compute capability {run['emulated_capability']}: that GPU's code paths, "
                    "not its speed or memory")
+    recall, pairs = row.get("recall_accuracy"), row.get("n_pairs") or run.get("n_pairs")
+    if _finite(recall) and _finite(pairs) and pairs > 0 and recall <= 1 / pairs:
+        out.append(f"recall {recall:.3f} is at or below 1 / n_pairs = {1 / pairs:.3f}, what a model scores "
+                   "that knows a row's values but not which key each belongs to: no recall learnt")
     others = run.get("other_gpu_processes") or []
     if others:
         out.append("other process on the GPU: pid " + ", ".join(str(p["pid"]) for p in others))

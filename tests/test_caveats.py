@@ -19,10 +19,17 @@ def test_each_caveat_on_its_own():
         "energy: steps shorter": (CLEAN, GPU_RUN, ["short_window"] * 3 + ["ok"]),
         "energy: no energy counter": (dict(CLEAN, energy_j=float("nan")), GPU_RUN, ["nan"]),
         "other process on the GPU: pid 4242": (CLEAN, dict(GPU_RUN, other_gpu_processes=[{"pid": 4242}]), ["ok"]),
+        "recall 0.125 is at or below 1 / n_pairs = 0.125": (dict(CLEAN, recall_accuracy=0.125, n_pairs=8), GPU_RUN, ["ok"]),
     }
     for expected, (row, run, flags) in cases.items():
         got = caveats(row, run, flags)
         assert len(got) == 1 and got[0].startswith(expected), (expected, got)
+
+
+def test_recall_above_the_no_recall_plateau_needs_no_caveat():
+    import numpy as np
+    assert caveats(dict(CLEAN, recall_accuracy=0.4, n_pairs=np.int64(8)), GPU_RUN, ["ok"] * 30) == []
+    assert caveats(dict(CLEAN, recall_accuracy=np.float64(0.1), n_pairs=np.int64(8)), GPU_RUN, ["ok"] * 30)
 
 
 def test_a_cpu_run_is_a_fallback_whatever_its_kernel():

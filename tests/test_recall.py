@@ -1,6 +1,5 @@
 """harness/run/recall.py: the MQAR batches (layout, labels, determinism, validation), the recall
-accuracy, and that exact attention really learns the task, so the probe can tell mechanisms apart."""
-
+accuracy (tests/test_recall_learning.py: that exact attention really learns it)."""
 import pytest
 import torch
 
@@ -25,7 +24,7 @@ def test_batches_have_the_documented_shapes_dtypes_and_stats():
         assert bool((batch["attention_mask"] == 1).all())
     assert stats == {"source": "mqar (generated, Arora et al. 2023)", "n_pairs": PAIRS, "vocab": VOCAB,
                      "seed": 0, "seq_len": T, "batch_size": B, "n_batches": 3, "tokens": 3 * B * T,
-                     "queries": 3 * B * PAIRS, "chance_accuracy": 1 / 64}
+                     "queries": 3 * B * PAIRS, "chance_accuracy": 1 / 64, "no_recall_accuracy": 1 / PAIRS}
     assert stats["queries"] == sum(int((b["labels"] != -100).sum()) for b in out)
 
 
@@ -48,22 +47,23 @@ def check_row(ids: list[int], labels: list[int], n_pairs: int, vocab: int) -> li
     labelled = [j for j, label in enumerate(labels) if label != -100]
     assert len(labelled) == n_pairs
     rest = ids[2 * n_pairs:]
-    assert sum(t != 0 for t in rest) == 2 * n_pairs  # queries and their values, filler 0 otherwise
+    assert sum(t != 0 for t in rest) == n_pairs  # the query keys; filler 0 everywhere else
     gaps = []
     for j in labelled:
-        assert labels[j] == ids[j] == pairs[ids[j - 1]]  # the value of the key just before it
+        assert labels[j] == pairs[ids[j - 1]]  # the value of the key just before it ...
+        assert ids[j] == 0  # ... which the input does not show
         gaps.append(j - 1 - keys.index(ids[j - 1]) * 2)
     assert sorted(ids[j - 1] for j in labelled) == sorted(keys)  # every key asked once
     return gaps
 
 
 def test_every_label_is_the_value_paired_with_the_key_before_it():
-    out, _ = batches(n_batches=8)
+    out, _ = batches(n_batches=40)
     gaps = []
     for batch in out:
         for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
             gaps += check_row(ids, labels, PAIRS, VOCAB)
-    assert min(gaps) < 2 * PAIRS + 8 and max(gaps) > T - 8  # short and long gaps both occur
+    assert min(gaps) == 2 and max(gaps) == T - 2  # from the shortest gap to the whole row
 
 
 def test_a_full_row_and_an_odd_length_still_follow_the_layout():
@@ -90,6 +90,7 @@ def test_a_preset_sized_set_keeps_keys_distinct_and_in_range():
     (dict(n_batches=0), "n_batches must be a positive integer"),
     (dict(vocab=12), "too few for 6 distinct keys"),
     (dict(seed="1"), "seed must be an integer"),
+    (dict(seed=-1), "seed must be an integer in"),
 ])
 def test_bad_arguments_are_user_errors(kw, message):
     with pytest.raises(UserError, match=message):
@@ -101,10 +102,13 @@ def test_recall_accuracy_counts_the_shifted_labelled_positions(dtype):
     (batch,), stats = batches(n_batches=1)
     ids, labels = batch["input_ids"], batch["labels"]
     perfect = torch.zeros(B, T, VOCAB, dtype=dtype)
-    perfect[:, :-1].scatter_(2, ids[:, 1:, None], 1.0)  # logits at i predict token i + 1
+    answer = torch.where(labels == -100, 0, labels)
+    perfect[:, :-1].scatter_(2, answer[:, 1:, None], 1.0)  # logits at i predict label i + 1
     assert recall.recall_accuracy(perfect, labels) == (B * PAIRS, B * PAIRS)
-    unshifted = torch.zeros(B, T, VOCAB, dtype=dtype).scatter_(2, ids[:, :, None], 1.0)
+    unshifted = torch.zeros(B, T, VOCAB, dtype=dtype).scatter_(2, answer[:, :, None], 1.0)
     assert recall.recall_accuracy(unshifted, labels) == (0, B * PAIRS)
+    repeat_key = torch.zeros(B, T, VOCAB, dtype=dtype).scatter_(2, ids[:, :, None], 1.0)
+    assert recall.recall_accuracy(repeat_key, labels) == (0, B * PAIRS)  # copying the query is wrong
     value = int(labels[0, (labels[0] != -100)][0])  # a constant guess is right where that value is due
     constant = torch.zeros(B, T, VOCAB, dtype=dtype)
     constant[..., value] = 1.0

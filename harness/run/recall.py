@@ -5,24 +5,30 @@ Models" (zoology/data/associative_recall.py, multiquery_ar). Efficient attention
 hashed) can match exact attention's perplexity and still fail at recall; MQAR measures recall
 directly: a row lists key-value pairs, then asks for the value of each key again later.
 
-Row layout (length T, n pairs):
+Row layout (length T, n pairs; "_" is the filler, token 0):
 
-    k1 v1 k2 v2 ... kn vn | 0 0 kq vq 0 0 0 0 kr vr 0 ...
+    k1 v1 k2 v2 ... kn vn | _ _ kq _ _ _ _ _ kr _ _ ...
+    labels:                       vq          vr          (-100 everywhere else)
 
-- keys are distinct within a row, from [1, vocab // 2) (token 0 is the filler); values are
-  distinct within a row too, from [vocab // 2, vocab), as in Zoology;
+- keys are distinct within a row, from [1, vocab // 2); values are distinct within a row too,
+  from [vocab // 2, vocab), as in Zoology;
 - every key is queried once, in a random order: the rest of the row is cut into (T - 2n) // 2
-  two-token slots and each query takes a distinct slot drawn uniformly (an odd T leaves one filler
-  at the end). The gap between a key and its query thus ranges from 2n - 2 up to T - 2 tokens.
+  two-token slots and each query takes a distinct slot, drawn uniformly (an odd T leaves one
+  filler at the end). The gap between a key and its query ranges from 2 up to T - 2 tokens.
   Zoology draws the slots from a power law (power_a = 0.01) that favours early slots, i.e. short
   gaps; uniform slots make long gaps as common as short ones;
-- the filler is token 0 (Zoology by default replaces it with random tokens, so the filler cannot
-  tell the model where a query is; here the model must still find the key's earlier mention); each query key is followed by its value in the input, so the row is an ordinary
-  causal-LM sequence. The model never sees the value before predicting it: it must recall it.
+- as in Zoology, the slot after a query key holds the filler, not the value: the answer is only
+  in the labels. Were the answers shown, a model that cannot bind keys to values could still
+  rule out the values already answered and score (1 + 1/2 + ... + 1/n) / n (52% with 4 pairs)
+  instead of 1/n. The filler is token 0 (Zoology by default draws it at random).
 
 labels follow Hugging Face's GPT2LMHeadModel convention (the model shifts: the logits at position
-i predict labels[i + 1]): labels[j] = input_ids[j] at each value that follows a queried key, -100
-everywhere else, the key-value pairs included (Zoology scores only the queries, too).
+i predict labels[i + 1]): labels[j] is the value of the key at j - 1 at each slot after a query
+(input_ids[j] is the filler there), -100 everywhere else, the key-value pairs included.
+
+Two baselines in the stats: chance_accuracy (a uniform guess among all values) and
+no_recall_accuracy = 1 / n (knows the row's n values, not which key each belongs to: what a
+model that has not learnt recall plateaus at).
 """
 from __future__ import annotations
 
@@ -86,9 +92,8 @@ def _batch(generator: torch.Generator, seq_len: int, rows: int, n_pairs: int, vo
     input_ids = torch.zeros(rows, seq_len, dtype=torch.long)
     input_ids[:, 0:2 * n_pairs:2] = keys
     input_ids[:, 1:2 * n_pairs:2] = values
-    query = 2 * n_pairs + 2 * slots  # where each key is asked again; its value follows
-    input_ids.scatter_(1, query, keys)
-    input_ids.scatter_(1, query + 1, values)
+    query = 2 * n_pairs + 2 * slots  # where each key is asked again
+    input_ids.scatter_(1, query, keys)  # the slot after it stays filler: the answer is a label only
     labels = torch.full_like(input_ids, IGNORE)
     labels.scatter_(1, query + 1, values)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
@@ -99,15 +104,15 @@ def make_recall_batches(seq_len: int, batch_size: int, n_batches: int, n_pairs: 
     """n_batches MQAR batches of (batch_size, seq_len) long tensors input_ids, labels and
     attention_mask (all ones), and their stats. The same arguments give the same batches."""
     check_recall_args(seq_len, batch_size, n_batches, n_pairs, vocab)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UserError(f"recall probe: seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+        raise UserError(f"recall probe: seed must be an integer in [0, 2**64), got {seed!r}")
     generator = torch.Generator().manual_seed(seed)
     batches = [_batch(generator, seq_len, batch_size, n_pairs, vocab) for _ in range(n_batches)]
     stats = {"source": "mqar (generated, Arora et al. 2023)", "n_pairs": n_pairs, "vocab": vocab,
              "seed": seed, "seq_len": seq_len, "batch_size": batch_size, "n_batches": n_batches,
              "tokens": n_batches * batch_size * seq_len,
              "queries": n_batches * batch_size * n_pairs,  # one labelled value per pair per row
-             "chance_accuracy": 1 / (vocab - vocab // 2)}
+             "chance_accuracy": 1 / (vocab - vocab // 2), "no_recall_accuracy": 1 / n_pairs}
     return batches, stats
 
 
