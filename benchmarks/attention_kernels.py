@@ -73,11 +73,14 @@ def parse_args(argv=None):
 
 
 def typed(kind, value: str):
-    """value as the registry default's type: int, float, bool (true/false, 1/0) or str."""
+    """value as the registry default's type: int, float, bool (true/false, 1/0) or str; an integer
+    where the default is a word (window=auto takes window=512)."""
     if kind is bool:
         if value.lower() not in ("true", "false", "1", "0"):
             raise ValueError(value)
         return value.lower() in ("true", "1")
+    if kind is str and value.isdigit():
+        return int(value)
     return kind(value) if kind in (int, float) else value
 
 

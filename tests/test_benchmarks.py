@@ -69,3 +69,4 @@ def test_kernel_benchmark_takes_registry_parameters_and_refuses_bad_ones(tmp_pat
         assert says in capsys.readouterr().err
     # a bool parameter reads as one: the string "false" would be truthy
     assert attention_kernels.parse_params("lsh.dedup=false,lsh.n_hashes=4") == {"lsh": {"dedup": False, "n_hashes": 4}}
+    assert attention_kernels.parse_params("sliding_window.window=8") == {"sliding_window": {"window": 8}}
