@@ -109,7 +109,8 @@ def key_pages(a: Assignment, qp: Pages, kp: Pages, k_before, c, nq, nk):
 
 def visitors(num, idx):
     """The transposed lists: per key page, the query pages that visit it, in page order ->
-    (num (..., nk), idx (..., nk, nq)) int32, as BlockMask's backward reads them."""
+    (num (..., nk), idx (..., nk, nq)) int32, as BlockMask's backward reads them. (Torch's own,
+    BlockMask.from_kv_blocks, runs under vmap, which a custom op's schema check cannot follow.)"""
     nq, nk = idx.shape[-2:]
     listed = torch.arange(nk, device=idx.device) < num.unsqueeze(-1)             # (..., nq, nk) slot in use
     dense = torch.zeros(*idx.shape[:-1], nk + 1, dtype=torch.int32, device=idx.device)

@@ -25,7 +25,6 @@ import torch  # noqa: E402
 
 from benchmarks.attention_kernels import parse_params  # noqa: E402
 from config import PRESETS  # noqa: E402
-from harness.run import model as models  # noqa: E402
 from harness.run import step as steps  # noqa: E402
 from harness.run import train  # noqa: E402
 
@@ -49,16 +48,9 @@ def config_of(args):
                               seq_lens=[args.seq_len], batch_size=args.batch_size, tokens_per_batch=None,
                               token_budget=None, batches_per_epoch=args.steps, epochs=1, offline=True,
                               compile=True, precompile=0, attention_params=params, eval_tokens=0)
-    run = dict(model=args.model, attention=args.attention, seq_len=args.seq_len,
-               batch_size=args.batch_size, repeat=0, seed=cfg.seed, run_id="compiled_check")
+    run = dict(model=args.model, attention=args.attention, seq_len=args.seq_len, batch_size=args.batch_size,
+               repeat=0, seed=cfg.seed, run_id="compiled_check", n_layer=args.layers or None)
     return cfg, run
-
-
-def shrink(layers):
-    """models.SIZES with every GPT-2 size cut to `layers` blocks (the width kept)."""
-    if layers:
-        for name, (_, width, heads) in list(models.SIZES.items()):
-            models.SIZES[name] = (layers, width, heads)
 
 
 def train_steps(s, device, n) -> None:
@@ -81,7 +73,6 @@ def nograd_check(s, device) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    shrink(args.layers)
     torch._logging.set_logs(recompiles=True)  # a recompile mid-run is part of the answer
     cfg, run = config_of(args)
     print(f"{args.attention} {args.params or '(defaults)'}: {args.model} layers {args.layers or 'all'}, "

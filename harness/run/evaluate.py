@@ -99,7 +99,7 @@ def eval_rows(run: dict, rows: list[dict], evals: list[dict], warmup: int) -> li
     who = dict(run_id=run["run_id"], model=run["model"], attention=run["attention"], seq_len=run["seq_len"],
                seed=run.get("seed", 0), n_pairs=run.get("n_pairs"))
     return [dict(who, step=ev["step"], tokens_seen=tokens[ev["step"]], train_s_cum=secs[ev["step"]],
-                 energy_j_cum=joules[ev["step"]] if med_e == med_e else math.nan,
+                 energy_j_cum=math.nan if math.isnan(med_e) else joules[ev["step"]],
                  **{c: v for c, v in ev.items() if c != "step"}) for ev in evals]
 
 

@@ -30,13 +30,14 @@ def vocab_of(name: str) -> int:
     return recall.VOCAB if name == "mqar" else VOCAB
 
 
-def gpt2_config(name: str, seq_len: int):
+def gpt2_config(name: str, seq_len: int, n_layer: int | None = None):
+    """The size's config; n_layer (if set) keeps its width with fewer or more blocks."""
     from transformers import GPT2Config
     if name not in SIZES:
         from harness.errors import unknown
         raise unknown("model", name, SIZES)
-    n_layer, n_embd, n_head = SIZES[name]
-    return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=VOCAB,
+    layers, n_embd, n_head = SIZES[name]
+    return GPT2Config(n_layer=n_layer or layers, n_embd=n_embd, n_head=n_head, vocab_size=VOCAB,
                       n_positions=max(PRETRAINED_POSITIONS, seq_len),  # random init: extend positions
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                       attn_implementation="eager", use_cache=False)
@@ -58,17 +59,20 @@ def pick_dtype(name: str, device: torch.device) -> tuple[torch.dtype, bool]:
 
 
 def build(name: str, attention: str, seq_len: int, init: str = "random",
-          params: dict | None = None, seed: int = 0):
-    """A GPT2LMHeadModel with `attention` installed. Returns (model, effective attention params)."""
+          params: dict | None = None, seed: int = 0, n_layer: int | None = None):
+    """A GPT2LMHeadModel with `attention` installed. Returns (model, effective attention params).
+    n_layer: a random-init model of the size's width with that many blocks (compiled_check.py)."""
+    if n_layer and init == "pretrained":
+        raise UserError("n_layer changes the model's depth: random init only, not a pretrained checkpoint")
     from transformers import GPT2LMHeadModel
     torch.manual_seed(seed)  # same init for every attention
     if init == "pretrained":
         model = GPT2LMHeadModel.from_pretrained(name, attn_implementation="eager", resid_pdrop=0.0,
                                                 embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
     elif name == "mqar":  # the recall probe's small model (harness/run/recall.py)
-        model = GPT2LMHeadModel(recall.model_config(seq_len, n_layer=SIZES[name][0], n_embd=SIZES[name][1],
-                                                    n_head=SIZES[name][2]))
+        model = GPT2LMHeadModel(recall.model_config(seq_len, n_layer=n_layer or SIZES[name][0],
+                                                    n_embd=SIZES[name][1], n_head=SIZES[name][2]))
     else:
-        model = GPT2LMHeadModel(gpt2_config(name, seq_len))
+        model = GPT2LMHeadModel(gpt2_config(name, seq_len, n_layer))
     merged = attentions.install(model, attention, params, init=init)
     return model, merged
