@@ -11,7 +11,7 @@ from pytest import approx
 
 from harness.report.payoff import at_equal, crossover, memory_frontier, quality_cost, \
     seed_interval, speed_ratios, t975
-from harness.report.payoff_md import payoff_section
+from harness.report.payoff_md import payoff_section, synthetic_note
 from harness.report.tables import fmt
 from harness.report.payoff_plots import pareto_figure, pareto_front, payoff_figures, speedup_figure
 
@@ -230,6 +230,14 @@ def test_pareto_figure_draws_one_point_per_config_and_the_front():
     assert "J/token" in joules.axes[0].get_xlabel() and list(front.get_xdata()) == approx([0.009, 0.010, 0.012])
     assert pareto_figure(speed_summary()) is None and pareto_figure(quality_summary(eval_loss=1)) is None
     assert list(pareto_front([1, 2, 3], [1, 0.5, 2])) == [False, True, True]
+
+
+def test_the_pareto_figures_carry_the_bundled_samples_caveat():
+    note = synthetic_note("bundled sample (assets/tulu_sample.jsonl)")
+    figs = payoff_figures(quality_summary(), note)
+    assert all(note in figs[k]._supxlabel.get_text() for k in ("pareto_tokens_per_s", "pareto_joules"))
+    assert "no quality signal" not in pareto_figure(quality_summary())._supxlabel.get_text()
+    assert synthetic_note("allenai/tulu-v2-sft-mixture") is None
 
 
 def test_speedup_figure_marks_crossovers():

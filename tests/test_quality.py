@@ -14,7 +14,7 @@ from harness.run import data, model as models
 from harness.run.batches import data_key, eval_count, run_data
 from harness.run.evaluate import bucket_columns, evaluate, lr_factor, token_losses
 from harness.run.tokenizer import get_tokenizer
-from harness.sweep.plan import plan, select_shard
+from harness.sweep.plan import plan, run_tags, select_shard
 from harness.sweep.runner import run_sweep
 from inprocess import InProcess
 
@@ -205,3 +205,10 @@ def test_evaluate_through_the_compiled_model_on_cuda_matches_eager():
     compiled = evaluate(torch.compile(model), [batch], torch.bfloat16, device)
     assert compiled["eval_loss"] == pytest.approx(eager["eval_loss"], rel=2e-2)
     assert compiled["eval_tokens"] == eager["eval_tokens"] == 4 * 127
+
+
+def test_a_runs_progress_line_names_its_seed_and_pair_count():
+    cfg = dataclasses.replace(config.PRESETS["recall"], seeds=[0, 1], recall_pairs=[8])
+    runs = plan(cfg)
+    assert [run_tags(r) for r in runs[:2]] == [" pairs=8 seed=0 repeat=0", " pairs=8 seed=1 repeat=0"]
+    assert run_tags(plan(config.PRESETS["smoke"])[0]) == " seed=0 repeat=0"

@@ -22,7 +22,7 @@ from harness.report.markdown import make_plots, write_report
 from harness.report.notebook import latest_unfinished
 from harness.report.results import latest, list_results, load
 from harness.report.show import show
-from harness.report.tables import not_measured, summary_table
+from harness.report.tables import flop_check, interval_table, not_measured, read_with_care, summary_table
 from metrics.catalog import METRICS, label
 
 ATTS = ("baseline", "sdpa", "linear")
@@ -353,3 +353,34 @@ def test_an_all_zero_metric_is_drawn_from_zero_and_says_so():
                               value=[0.0, 0.0], lo=[0.0, 0.0], hi=[0.0, 0.0], repeats=[[], []]))
     plots.bar_panel(ax, table)
     assert ax.get_ylim() == (0.0, 1.0) and any("0 in every run" in t.get_text() for t in ax.texts)
+
+
+def _seeded(caveats_by_run: dict, flops: dict | None = None):
+    """A Result-like object: ok runs of gpt2 at T = 1024 with the given caveats (run_id -> text)."""
+    from types import SimpleNamespace
+    rows = [{"run_id": rid, "model": "gpt2", "attention": rid.split("_")[0], "seq_len": 1024, "status": "ok",
+             "caveats": why} for rid, why in caveats_by_run.items()]
+    runs = [{"run_id": r["run_id"], "model": "gpt2", "attention": r["attention"], "seq_len": 1024,
+             "flops_forward": 4.0e12, **(flops or {})} for r in rows]
+    return SimpleNamespace(summary=pd.DataFrame(rows), batches=pd.DataFrame(), manifest={"runs": runs})
+
+
+def test_read_with_care_names_a_caveat_once_for_the_seeds_that_share_it():
+    coarse = "energy: steps shorter than the counter's 100 ms update; per-step energy is coarse, the run total exact"
+    r = _seeded({"lsh_s0": "fallback", "lsh_s1": "fallback", "lsh_s2": "fallback", "sdpa_s0": coarse, "sdpa_s1": ""})
+    assert read_with_care(r) == ["gpt2 lsh seq_len 1024 (3 runs): fallback", f"gpt2 sdpa seq_len 1024: {coarse}"]
+    every = _seeded({"lsh_s0": coarse, "lsh_s1": coarse, "sdpa_s0": coarse})
+    assert read_with_care(every) == [f"all 3 runs: {coarse}"]     # the '; ' inside one caveat stays whole
+
+
+def test_flop_check_has_one_row_per_configuration_not_per_seed():
+    r = _seeded({"baseline_s0": "", "baseline_s1": "", "baseline_s2": ""}, {"flops_fvcore_forward": 4.0e12})
+    t = flop_check(r)
+    assert len(t) == 1 and t["fvcore / analytic"].iloc[0] == 1.0
+
+
+def test_the_all_metrics_table_names_each_seeds_column():
+    s = pd.DataFrame({"attention": ["sdpa", "sdpa", "lsh"], "seed": [0, 1, 0], "repeat": [0, 0, 0],
+                      "status": ["ok"] * 3, "loss": [3.0, 3.5, 4.0]})
+    assert list(interval_table(s).columns) == ["metric (median [95% interval])", "sdpa s0", "sdpa s1", "lsh s0"]
+    assert list(interval_table(s.drop(columns="seed").iloc[:1]).columns)[1:] == ["sdpa"]

@@ -13,7 +13,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from harness.errors import UserError
 from harness.report import plots
 from harness.report.display import display
-from harness.report.payoff_md import payoff_section
+from harness.report.payoff_md import payoff_section, synthetic_note
 from harness.report.payoff_plots import payoff_figures
 from harness.report.results import NoResults, Result, list_results, load
 from harness.report.tables import in_order, sig
@@ -118,9 +118,11 @@ def payoff(results: list[Result], out: Path, show: bool = True) -> list[str]:
     shards): written to out/payoff.md with its figures, and shown."""
     summary = pd.concat([r.summary for r in results], ignore_index=True)
     evals = [r.evals for r in results if r.evals is not None and len(r.evals)]
-    lines = payoff_section(summary, pd.concat(evals, ignore_index=True) if evals else None)
+    sources = [(r.manifest.get("data") or {}).get("source") for r in results]
+    source = next((s for s in sources if synthetic_note(s)), next(filter(None, sources), None))
+    lines = payoff_section(summary, pd.concat(evals, ignore_index=True) if evals else None, source)
     paths = []
-    for stem, fig in payoff_figures(summary).items():
+    for stem, fig in payoff_figures(summary, synthetic_note(source)).items():
         fig.savefig(out / f"{stem}.png", dpi=100)
         paths.append(out / f"{stem}.png")
     if lines:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.report import breakdown, plots
-from harness.report.payoff_md import payoff_section
+from harness.report.payoff_md import payoff_section, synthetic_note
 from harness.report.payoff_plots import payoff_figures
 from harness.run.data import describe
 from harness.report.results import load
@@ -23,7 +23,8 @@ def make_plots(folder, return_figures: bool = False):
     out.mkdir(exist_ok=True)
     for old in out.glob("*.png"):
         old.unlink()
-    figs = plots.all_figures(result.summary, result.batches, result.context) | payoff_figures(result.summary)
+    note = synthetic_note((result.manifest.get("data") or {}).get("source"))
+    figs = plots.all_figures(result.summary, result.batches, result.context) | payoff_figures(result.summary, note)
     paths = []
     for stem, fig in figs.items():
         fig.savefig(out / f"{stem}.png", dpi=100)

@@ -56,6 +56,13 @@ def frontier_lines(summary: pd.DataFrame) -> list[str]:
                  "and a smaller batch moves it.", table)
 
 
+def synthetic_note(data_source: str | None) -> str | None:
+    """The caveat for a loss from the bundled sample (the manifest's data source), else None."""
+    if data_source and "bundled" in data_source:
+        return "These runs trained on the bundled synthetic sample: its loss is no quality signal."
+    return None
+
+
 def quality_lines(summary: pd.DataFrame, data_source: str | None = None) -> list[str]:
     """The quality table with its caveats: the data, the number of seeds, unequal tokens."""
     if not plots.measured(summary, "eval_loss"):
@@ -69,9 +76,9 @@ def quality_lines(summary: pd.DataFrame, data_source: str | None = None) -> list
     if "recall_accuracy" in q and q.recall_accuracy.notna().any():
         cols["recall accuracy (0-1) [95% t interval]"] = _cells(q.recall_accuracy, q.recall_lo, q.recall_hi,
                                                                 q.n_recall)
-    n, bundled = int(q.n_seeds.max()), bool(data_source) and "bundled" in data_source
-    notes = ["These runs trained on the bundled synthetic sample: its loss is no quality signal."] if bundled else \
-        [] if data_source else ["A quality signal only on real text: a loss from the bundled synthetic sample is none."]
+    n, synthetic = int(q.n_seeds.max()), synthetic_note(data_source)
+    notes = [synthetic] if synthetic else [] if data_source else \
+        ["A quality signal only on real text: a loss from the bundled synthetic sample is none."]
     notes += ["1 seed: no interval; a difference of a few hundredths of a nat can be seed noise."] if n == 1 else \
         [f"{n} seeds: the interval is wide (Student t, {n - 1} degrees of freedom)."] if n < 5 else []
     k = summary[summary.status == "ok"].groupby(["model", "seq_len"]).train_tokens.nunique() \

@@ -64,10 +64,11 @@ def _pareto_panel(ax, p: pd.DataFrame, markers: dict, higher: bool) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
-def pareto_figure(summary: pd.DataFrame, x: str = "tokens_per_s") -> Figure | None:
+def pareto_figure(summary: pd.DataFrame, x: str = "tokens_per_s", note: str | None = None) -> Figure | None:
     """Eval loss (nats/token) against tokens/s (x="tokens_per_s") or J/token (x="joules_per_token_run"):
     a point per (attention, seq_len), the mean over seeds with its 95% t interval, colour per attention,
-    marker per T, the Pareto front as a step line; a panel per model. None without eval_loss or x."""
+    marker per T, the Pareto front as a step line; a panel per model; note (the bundled sample's caveat)
+    under it. None without eval_loss or x."""
     p = pareto_points(summary, x)
     if not len(p):
         return None
@@ -82,8 +83,8 @@ def pareto_figure(summary: pd.DataFrame, x: str = "tokens_per_s") -> Figure | No
         ax.set_title(model, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=9)
         ax.set_ylabel("eval loss (nats/token, lower is better)", fontsize=9)
-    fig.supxlabel("point = mean over seeds; error bars = 95% Student-t interval over seeds (none with one seed)",
-                  fontsize=8)
+    fig.supxlabel("point = mean over seeds; error bars = 95% Student-t interval over seeds (none with one seed)"
+                  + (f"\n{note}" if note else ""), fontsize=8, color="firebrick" if note else "black")
     extra = [Line2D([], [], color="black", marker=markers[T], ls="", mfc="none", label=f"T={T}") for T in Ts]
     plots.attention_legend(fig, p.attention.unique(), extra + [Line2D([], [], color="black", ls="--",
                                                                        label="Pareto front")])
@@ -135,16 +136,16 @@ def speedup_figure(summary: pd.DataFrame, against: str = "sdpa") -> Figure | Non
     return fig
 
 
-def payoff_figures(summary: pd.DataFrame) -> dict[str, Figure]:
+def payoff_figures(summary: pd.DataFrame, note: str | None = None) -> dict[str, Figure]:
     """The payoff figures that apply, by file stem: pareto_tokens_per_s, pareto_joules, speedup_vs_sdpa.
     A recall sweep of several pair counts gets its Pareto figures per count (_p8, _p32, ...): a loss
-    at 8 pairs and one at 32 are different tasks, not seeds of one."""
+    at 8 pairs and one at 32 are different tasks, not seeds of one. note: a caveat the Pareto figures carry."""
     pairs = summary["n_pairs"].dropna().unique() if "n_pairs" in summary else []
     parts = [("", summary)] if len(pairs) < 2 else \
         [(f"_p{int(p)}", summary[summary["n_pairs"] == p]) for p in sorted(pairs)]
     figs = {}
     for tag, part in parts:
-        figs[f"pareto_tokens_per_s{tag}"] = pareto_figure(part, "tokens_per_s")
-        figs[f"pareto_joules{tag}"] = pareto_figure(part, "joules_per_token_run")
+        figs[f"pareto_tokens_per_s{tag}"] = pareto_figure(part, "tokens_per_s", note)
+        figs[f"pareto_joules{tag}"] = pareto_figure(part, "joules_per_token_run", note)
     figs["speedup_vs_sdpa"] = speedup_figure(summary, "sdpa")
     return {k: f for k, f in figs.items() if f is not None}

@@ -59,19 +59,31 @@ def failures(result: Result) -> list[str]:
 
 
 def read_with_care(result: Result) -> list[str]:
-    """One line per ok run with a reason not to take its numbers at face value (metrics/caveats.py);
-    computed here for a folder written before summary.csv had the column."""
+    """One line per reason not to take a run's numbers at face value (metrics/caveats.py), naming the
+    configurations it applies to: "all N runs" when every ok run has it, "(3 runs)" where the seeds
+    or repeats of one configuration share it. Computed here for a folder written before summary.csv
+    had the column."""
     runs = {r["run_id"]: r for r in result.manifest.get("runs", [])}
-    lines = []
-    for x in result.summary[result.summary.status == "ok"].to_dict("records"):
+    ok = result.summary[result.summary.status == "ok"].to_dict("records")
+    by_reason: dict[str, dict[str, int]] = {}
+    for x in ok:
         why = x.get("caveats")
         if not isinstance(why, str):
             flags = result.batches.loc[result.batches.run_id == x["run_id"], "energy_flag"].tolist() \
                 if "energy_flag" in result.batches else []
             why = "; ".join(caveats(x, runs.get(x["run_id"], {}), flags))
         if why:
-            lines.append(f"{x['model']} {x['attention']} seq_len {x['seq_len']}: {why}")
-    return lines
+            where = by_reason.setdefault(why, {})
+            name = f"{x['model']} {x['attention']} seq_len {x['seq_len']}"
+            where[name] = where.get(name, 0) + 1
+    return [_where(where, len(ok)) + f": {why}" for why, where in by_reason.items()]
+
+
+def _where(where: dict[str, int], n_ok: int) -> str:
+    """The configurations a caveat applies to, with their run counts where more than one."""
+    if n_ok > 1 and sum(where.values()) == n_ok and len(where) > 1:
+        return f"all {n_ok} runs"
+    return ", ".join(name + (f" ({n} runs)" if n > 1 else "") for name, n in where.items())
 
 
 def not_measured(result: Result) -> dict[str, str]:
@@ -103,9 +115,13 @@ def md_table(df: pd.DataFrame) -> str:
 
 
 def interval_table(s: pd.DataFrame) -> pd.DataFrame:
-    """Rows = measured metrics, columns = runs: "median [lo, hi]"."""
+    """Rows = measured metrics, columns = runs ("sdpa", or "sdpa p8 s1 r0" where pair counts, seeds or
+    repeats differ): "median [lo, hi]"."""
     ok = s[s.status == "ok"]
-    names = ok.attention + (" r" + ok.repeat.astype(str) if "repeat" in ok and ok.repeat.nunique() > 1 else "")
+    names = ok.attention.astype(str)
+    for col, tag in (("n_pairs", " p"), ("seed", " s"), ("repeat", " r")):
+        if col in ok and ok[col].nunique() > 1:
+            names = names + tag + ok[col].map(lambda v: str(int(v)) if pd.notna(v) else "-")
     def cell(m, lo, hi):        # a constant (model size, FLOPs) has no interval to show
         return fmt(m) if lo == hi == m else f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
     rows = {label(c): [cell(*v) for v in zip(ok[c], ok.get(c + "_lo", ok[c]), ok.get(c + "_hi", ok[c]))]
@@ -114,16 +130,17 @@ def interval_table(s: pd.DataFrame) -> pd.DataFrame:
 
 
 def flop_check(result: Result) -> pd.DataFrame:
-    """Per run: the analytic forward FLOPs beside fvcore's count (x2: it counts multiply-adds).
-    fvcore has no handler for SDPA, flex or custom kernels, so it misses their attention core;
-    on baseline the two agree."""
+    """Per configuration (seeds and repeats count the same model once): the analytic forward FLOPs
+    beside fvcore's count (x2: it counts multiply-adds). fvcore has no handler for SDPA, flex or
+    custom kernels, so it misses their attention core; on baseline the two agree."""
     runs = [r for r in result.manifest.get("runs", []) if r.get("flops_forward") is not None]
-    rows = []
+    rows = {}
     for r in runs:
         fv = r.get("flops_fvcore_forward")
         fv = math.nan if fv is None else float(fv)
-        rows.append({"model": r["model"], "attention": r["attention"], "seq_len": r["seq_len"],
-                     "analytic forward (FLOP)": float(r["flops_forward"]), "fvcore forward (FLOP)": fv,
-                     "fvcore / analytic": fv / float(r["flops_forward"]) if r["flops_forward"] else math.nan,
-                     "note": r.get("flops_fvcore_reason") or ""})
-    return pd.DataFrame(rows)
+        row = {"model": r["model"], "attention": r["attention"], "seq_len": r["seq_len"],
+               "analytic forward (FLOP)": float(r["flops_forward"]), "fvcore forward (FLOP)": fv,
+               "fvcore / analytic": fv / float(r["flops_forward"]) if r["flops_forward"] else math.nan,
+               "note": r.get("flops_fvcore_reason") or ""}
+        rows.setdefault(tuple(str(v) for v in row.values()), row)
+    return pd.DataFrame(list(rows.values()))

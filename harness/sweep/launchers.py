@@ -22,7 +22,7 @@ import time
 
 from harness.errors import UserError
 from harness.run import ddp
-from harness.sweep import precompile, processes
+from harness.sweep import plan, precompile, processes
 
 
 class OneAtATime:
@@ -132,7 +132,7 @@ class GpuPool:
                         del active[gpu]
                         # the pool finishes runs out of order: the line says which one ended
                         sweep.end(run, res, t0, label=f"[gpu {gpu}] {run['model']} {run['attention']} "
-                                                      f"seq_len={run['seq_len']} repeat={run['repeat']}")
+                                                      f"seq_len={run['seq_len']}{plan.run_tags(run)}")
                         free.append(gpu)
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from config import Config
 from harness import store
 from harness.errors import Interrupted, Terminated, UserError
 from harness.sweep.environment import device_label, environment, git_commit
-from harness.sweep.plan import plan, select_shard, shard_label
+from harness.sweep.plan import plan, run_tags, select_shard, shard_label
 
 # What a finished run's result info puts into its manifest entry (the last three: torchrun only).
 RUN_INFO = ("kernel", "energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "phases",
@@ -109,7 +109,7 @@ class Sweep:
     def begin(self, run: dict, tag: str) -> float:
         """Log the run, mark it running in the manifest; returns its start time."""
         self.log(f"{tag} {run['model']} {run['attention']} seq_len={run['seq_len']} "
-                 f"batch={run['batch_size']} repeat={run['repeat']}", flush=True)
+                 f"batch={run['batch_size']}{run_tags(run)}", flush=True)
         run["status"] = "running"
         self.save()
         return time.perf_counter()

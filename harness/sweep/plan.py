@@ -33,6 +33,13 @@ def plan(cfg: Config) -> list[dict]:
     return runs
 
 
+def run_tags(run: dict) -> str:
+    """What tells a run apart from its siblings in a progress line: " pairs=8 seed=1 repeat=0"."""
+    tags = [f"pairs={run['n_pairs']}" if run.get("n_pairs") else "",
+            f"seed={run['seed']}" if run.get("seed") is not None else "", f"repeat={run.get('repeat', 0)}"]
+    return "".join(f" {t}" for t in tags if t)
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
