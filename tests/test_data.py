@@ -243,3 +243,11 @@ def test_the_data_line_says_source_synthetic_skips_and_cycling():
     assert "synthetic" in line and "2 empty_content, 1 unknown_role" in line and "cycled: 3 passes" in line
     hub = data.describe({"source": "hub allenai/tulu-v2-sft-mixture", "records_used": 9, "cycled": False})
     assert "synthetic" not in hub and "skipped: none" in hub and "not cycled" in hub
+
+
+def test_the_data_line_of_the_recall_probe_has_no_question_marks():
+    from harness.run.recall import make_recall_batches
+    _, stats = make_recall_batches(seq_len=32, batch_size=2, n_batches=3, n_pairs=4, seed=1, vocab=64)
+    line = data.describe(stats)
+    assert "?" not in line and "4 key-value pairs a row, vocabulary 64, 24 queried values, seed 1" in line
+    assert "no recall 0.25" in line

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 from collections import Counter
@@ -261,8 +262,13 @@ def make_batches(cfg, tokenizer, seq_len: int, batch_size: int, n_batches: int, 
 
 def describe(stats: dict) -> str:
     """One line on what the data was: its source (and whether synthetic), the tokenizer, the
-    records used and skipped by cause, and whether it was cycled."""
+    records used and skipped by cause, and whether it was cycled; for generated data (the recall
+    probe) its shape instead, since it has no tokenizer, records or passes."""
     source = stats.get("source", "?")
+    if "n_pairs" in stats and "records_used" not in stats:
+        return (f"data: {source}; {stats['n_pairs']} key-value pairs a row, vocabulary {stats.get('vocab', '?')}, "
+                f"{stats.get('queries', 0):,} queried values, seed {stats.get('seed', '?')}; chance "
+                f"{stats.get('chance_accuracy', math.nan):.2g}, no recall {stats.get('no_recall_accuracy', math.nan):.2g}")
     if "bundled" in source:
         source += " (synthetic, Tulu-shaped: assets/make_sample.py; its loss is no quality signal)"
     skipped = stats.get("records_skipped") or {}
