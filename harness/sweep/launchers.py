@@ -16,7 +16,6 @@ timeouts, interruption and resume are the same for all. Only the parent process 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 
