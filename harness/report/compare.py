@@ -16,6 +16,7 @@ from harness.report.display import display
 from harness.report.payoff_md import payoff_section, synthetic_note
 from harness.report.payoff_plots import payoff_figures
 from harness.report.results import NoResults, Result, list_results, load
+from harness.run.data import synthetic
 from harness.report.tables import in_order, sig
 from harness.store import write_text
 
@@ -118,8 +119,8 @@ def payoff(results: list[Result], out: Path, show: bool = True) -> list[str]:
     shards): written to out/payoff.md with its figures, and shown."""
     summary = pd.concat([r.summary for r in results], ignore_index=True)
     evals = [r.evals for r in results if r.evals is not None and len(r.evals)]
-    sources = [(r.manifest.get("data") or {}).get("source") for r in results]
-    source = next((s for s in sources if synthetic_note(s)), next(filter(None, sources), None))
+    sources = [r.data_source for r in results if r.data_source]  # any synthetic folder: the caveat holds
+    source = next((s for s in sources if synthetic(s)), sources[0] if sources else None)
     lines = payoff_section(summary, pd.concat(evals, ignore_index=True) if evals else None, source)
     paths = []
     for stem, fig in payoff_figures(summary, synthetic_note(source)).items():

@@ -23,8 +23,8 @@ def make_plots(folder, return_figures: bool = False):
     out.mkdir(exist_ok=True)
     for old in out.glob("*.png"):
         old.unlink()
-    note = synthetic_note((result.manifest.get("data") or {}).get("source"))
-    figs = plots.all_figures(result.summary, result.batches, result.context) | payoff_figures(result.summary, note)
+    figs = plots.all_figures(result.summary, result.batches, result.context) | \
+        payoff_figures(result.summary, synthetic_note(result.data_source))
     paths = []
     for stem, fig in figs.items():
         fig.savefig(out / f"{stem}.png", dpi=100)
@@ -55,7 +55,7 @@ def write_report(folder, plot_paths=None) -> Path:
           md_table(summary_table(r)), ""]
     if m.get("data"):
         md[3:3] = [f"- {describe(m['data'])}"]
-    md += payoff_section(r.summary, r.evals, (m.get("data") or {}).get("source")) + [""]
+    md += payoff_section(r.summary, r.evals, r.data_source) + [""]
     md += ["## Read with care", ""] + ([f"- {x}" for x in read_with_care(r)] or ["nothing to flag"]) + [""]
     md += ["## Not measured on this machine", ""] + ([f"- {label(c)}: {why}" for c, why in not_measured(r).items()]
                                                      or ["everything was measured"])

@@ -8,6 +8,7 @@ import pandas as pd
 from harness.report import plots
 from harness.report.payoff import UNITS, at_equal, crossover, memory_frontier, quality_cost
 from harness.report.tables import fmt, md_table
+from harness.run.data import synthetic
 
 
 SPEED_NOTE = ("Faster = the lower end of its tokens/s interval (95%, measured batches) above the upper end of "
@@ -58,7 +59,7 @@ def frontier_lines(summary: pd.DataFrame) -> list[str]:
 
 def synthetic_note(data_source: str | None) -> str | None:
     """The caveat for a loss from the bundled sample (the manifest's data source), else None."""
-    if data_source and "bundled" in data_source:
+    if synthetic(data_source):
         return "These runs trained on the bundled synthetic sample: its loss is no quality signal."
     return None
 

@@ -28,6 +28,11 @@ class Result:
     evals: pd.DataFrame | None = None  # eval.csv: a row per held-out evaluation
 
     @property
+    def data_source(self) -> str | None:
+        """Where the runs' data came from (the manifest's data source), None if unrecorded."""
+        return (self.manifest.get("data") or {}).get("source")
+
+    @property
     def context(self) -> str:
         """One line naming the run, for figure titles."""
         env = self.manifest.get("environment", {})

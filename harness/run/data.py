@@ -260,6 +260,12 @@ def make_batches(cfg, tokenizer, seq_len: int, batch_size: int, n_batches: int, 
     return batches, stats
 
 
+def synthetic(source: str | None) -> bool:
+    """Whether a data source (stats["source"], the manifest's data source) is the bundled sample:
+    synthetic text, whose loss is no quality signal."""
+    return bool(source) and source.startswith("bundled")
+
+
 def describe(stats: dict) -> str:
     """One line on what the data was: its source (and whether synthetic), the tokenizer, the
     records used and skipped by cause, and whether it was cycled; for generated data (the recall
@@ -269,7 +275,7 @@ def describe(stats: dict) -> str:
         return (f"data: {source}; {stats['n_pairs']} key-value pairs a row, vocabulary {stats.get('vocab', '?')}, "
                 f"{stats.get('queries', 0):,} queried values, seed {stats.get('seed', '?')}; chance "
                 f"{stats.get('chance_accuracy', math.nan):.2g}, no recall {stats.get('no_recall_accuracy', math.nan):.2g}")
-    if "bundled" in source:
+    if synthetic(source):
         source += " (synthetic, Tulu-shaped: assets/make_sample.py; its loss is no quality signal)"
     skipped = stats.get("records_skipped") or {}
     skip = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) or "none"
