@@ -43,9 +43,9 @@ class Config:
     dtype: str = "auto"                      # auto: bf16 where supported, fp16+scaler on T4, fp32 on CPU
     device: str = "auto"                     # auto: cuda if present, else cpu
     compile: bool = False                    # torch.compile the model (GPU presets turn it on)
-    precompile: int | str = "auto"           # processes that compile the runs side by side before the
-                                             # measured runs (filling torch's compile caches); 0 = off,
-                                             # auto = CPU cores // 4 (max 8) on a GPU, else 0
+    precompile: int | str = "auto"           # runs that compile side by side, each then measured alone
+                                             # (the others paused); 0 = off, auto = CPU cores // 2
+                                             # (max 8) on a GPU, else 0
     lr: float | str = 3e-4                   # AdamW; a common GPT-2 small fine-tuning rate; auto: LR_BY_MODEL
     lr_schedule: str = "constant"            # or cosine: linear warm-up over lr_warmup of the steps, then
     lr_warmup: float = 0.0                   # a cosine down to lr / 10 at the last step
@@ -120,12 +120,11 @@ PRESETS: dict[str, Config] = {
     # The real measurement: enough warm-up and measured steps for a stable median and interval.
     "full_test": dataclasses.replace(BASE, preset="full_test", seq_lens=[1024], batch_size="auto",
                                      batches_per_epoch=20, epochs=2, warmup_steps=5, compile=True),
-    # Where efficient attention overtakes exact: constant tokens per batch, growing context. The
-    # model is not compiled (54 compiled runs take about an hour on an H200; uncompiled, about 15
-    # minutes): every mechanism pays the same eager cost outside attention, and the flex-based
-    # ones still compile their own kernel, which they need.
+    # Where efficient attention overtakes exact: constant tokens per batch, growing context; compiled
+    # (the eager model's ~100 ms a step would narrow every ratio), runs compiling side by side.
     "scaling": dataclasses.replace(BASE, preset="scaling", seq_lens=[512, 1024, 2048, 4096, 8192, 16384],
-                                   tokens_per_batch=16384, batches_per_epoch=16, epochs=1, warmup_steps=3),
+                                   tokens_per_batch=16384, batches_per_epoch=16, epochs=1, warmup_steps=3,
+                                   compile=True),
     # What each mechanism gives up: the same token budget for every run, a warm-up + cosine schedule,
     # 3 seeds, the held-out split evaluated along the way (eval loss at equal tokens, time and joules).
     "quality": dataclasses.replace(BASE, preset="quality", seq_lens=[1024], tokens_per_batch=16384,

@@ -86,8 +86,8 @@ def parser() -> argparse.ArgumentParser:
     a("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     a("--inference", action=argparse.BooleanOptionalAction, default=None,
       help="time a no-grad forward of each batch after training (inference_time_s; default on)")
-    a("--precompile", metavar="N|auto", help="compile the runs N at a time before measuring them one by "
-      "one (fills torch.compile's caches); 0 = off; auto = CPU cores // 4 on a GPU")
+    a("--precompile", metavar="N|auto", help="compile N runs side by side, each then measured alone "
+      "while the others are paused; 0 = off (one run at a time); auto = CPU cores // 2 on a GPU")
     a("--timeout", type=float, help="seconds per run, counted from its launch, before it is stopped "
       "(status timeout)")
     quality_args(a)

@@ -58,6 +58,10 @@ def caveats(row: dict, run: dict, energy_flags: list[str] = ()) -> list[str]:
     if _finite(recall) and _finite(pairs) and pairs > 0 and recall <= 1 / pairs:
         out.append(f"recall {recall:.3f} is at or below 1 / n_pairs = {1 / pairs:.3f}, what a model scores "
                    "that knows a row's values but not which key each belongs to: no recall learnt")
+    compiled = (run.get("phases") or {}).get("graphs_compiled_measuring") or 0
+    if compiled > 0:
+        out.append(f"compiled {compiled} graph{'s' if compiled > 1 else ''} during its measured steps: "
+                   "a shape the warm-up did not cover; those steps include compile time")
     others = run.get("other_gpu_processes") or []
     if others:
         out.append("other process on the GPU: pid " + ", ".join(str(p["pid"]) for p in others))

@@ -42,11 +42,14 @@ ROW_COLUMNS = ("cpu_percent", "memory_gb", "disk_read_mb", "disk_write_mb", "win
 
 class Meter:
     def __init__(self, device, interval_s: float = 0.05, nvml_index: int | None = None,
-                 idle_s: float = 1.0, force_system_disk: bool = False):
+                 idle_s: float = 1.0, force_system_disk: bool = False, siblings=()):
         """device: the torch.device trained on. nvml_index: measure this NVML GPU instead of
         the one behind `device` (tests, or a CPU run that still wants the board's readings).
-        idle_s: seconds of power samples for idle_power_w at start()."""
+        idle_s: seconds of power samples for idle_power_w at start(). siblings: pids of the
+        sweep's own runs, paused while this one is measured: not counted as other processes."""
         import torch
+
+        self.siblings = set(siblings)
 
         self.device = torch.device(device)
         self.interval_s = float(interval_s)
@@ -227,7 +230,8 @@ class Meter:
         """Other processes seen on the GPU when the run started or stopped; None: not checked."""
         seen = [p for p in (getattr(self, "others_at_start", None), getattr(self, "others_at_stop", None))
                 if p is not None]
-        return None if not seen else list({p["pid"]: p for ps in seen for p in ps}.values())
+        return None if not seen else list({p["pid"]: p for ps in seen for p in ps
+                                           if p["pid"] not in self.siblings}.values())
 
     def info(self) -> dict:
         """For manifest.json: where each number comes from, and why any column is NaN."""

@@ -1,5 +1,6 @@
 """The attention benchmarks on CPU, tiny: every row is written, ratios are computed from them,
 and the lsh profiler names its implementations' times and top ops (the GPU runs are the device's)."""
+import json
 
 import pandas as pd
 import pytest
@@ -70,3 +71,24 @@ def test_kernel_benchmark_takes_registry_parameters_and_refuses_bad_ones(tmp_pat
     # a bool parameter reads as one: the string "false" would be truthy
     assert attention_kernels.parse_params("lsh.dedup=false,lsh.n_hashes=4") == {"lsh": {"dedup": False, "n_hashes": 4}}
     assert attention_kernels.parse_params("sliding_window.window=8") == {"sliding_window": {"window": 8}}
+
+
+def test_compile_budget_times_a_sweep_from_an_emptied_cache_and_sums_its_pieces(tmp_path, capsys):
+    """Each `run` starts from an empty private cache and records the command's wall time and its
+    runs; `summary` adds a group's pieces and compares the sum with the target."""
+    from benchmarks import compile_budget
+    stale = tmp_path / "caches" / "smoke" / "inductor" / "stale"
+    stale.mkdir(parents=True)
+    args = ["--preset", "smoke", "--seq-len", "32", "--steps", "1", "--epochs", "1", "--warmup", "0",
+            "--attention", "sdpa", "--no-inference"]
+    assert compile_budget.main(["run", "--group", "smoke", "--target-min", "0.001", "--out", str(tmp_path),
+                                "--", *args]) == 0
+    assert not stale.exists()  # emptied before the command
+    (entry,) = [json.loads(x) for x in (tmp_path / "budget.jsonl").read_text().splitlines()]
+    assert entry["runs_ok"] == entry["runs"] == 1 and entry["wall_s"] > 0 and entry["rc"] == 0
+    assert (tmp_path / entry["folder"] / "manifest.json").exists()
+    capsys.readouterr()
+    (tmp_path / "budget.jsonl").write_text("".join(json.dumps(dict(entry, wall_s=w, group="s")) + "\n" for w in (30, 60)))
+    compile_budget.summary(type("A", (), {"out": str(tmp_path)}))
+    row = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| s |")][0]
+    assert row.split("|")[2:7] == [" 2 ", " 2 / 2 ", " 1.50 ", " 0.001 ", " 1500.00 "] and row.endswith("| no |")

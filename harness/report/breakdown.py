@@ -17,6 +17,7 @@ def commits(code_commits) -> str:
 
 
 TIMING = [("wall_s", "run wall (s)"), ("compile_time_s", "train compile (s)"),
+          ("gate_wait_s", "waited for the GPU (s)"),
           ("inference_compile_s", "inference compile (s)"), ("steps_s", "all steps, compile incl. (s)"),
           ("inference_s", "all inference, compile incl. (s)"), ("setup_s", "setup (s)")]
 
@@ -51,6 +52,11 @@ def sweep_time(manifest: dict) -> str:
             line = f"sweep wall time {sum(map(minutes, times)):.1f} min over {len(times)} shards"
     elif manifest.get("created") and manifest.get("finished") and not manifest.get("resumed"):
         line = f"sweep wall time {minutes(manifest):.1f} min"
+    for ov in manifest.get("overlap", []):
+        res = list(ov.get("results", {}).values())
+        paused = sum(r.get("paused_s") or 0 for r in res)
+        line += (f"{'; ' if line else ''}{ov['runs']} runs compiled side by side, {ov['workers']} at a time, "
+                 f"each measured alone (the others paused, {paused:.0f} s in all) in {ov['wall_s']:.0f} s")
     for pc in manifest.get("precompile", []):
         line += (f"{'; ' if line else ''}precompile: {pc['runs']} runs compiled {pc['workers']} at a time "
                  f"in {pc['wall_s']:.0f} s")

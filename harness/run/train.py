@@ -1,9 +1,11 @@
 """One run: warm-up steps, then measured steps, a row of metrics per training batch.
 
 prepare() does everything before the timed loop (data on the device, model, optimizer, FLOP
-counts, the kernel that will run) and returns a Setup; run() trains and meters it; warm() takes
-one step only, to fill torch.compile's caches for the measured run that follows. The process
-around a run (its spec and result files, its status) is worker.py.
+counts, the kernel that will run) and returns a Setup; run() trains and meters it. With a gate
+(harness/run/gate.py) run() first compiles every graph beside other runs, resets, and waits for
+its turn on the GPU; warm() only compiles, to fill torch.compile's caches for a measured run in
+another process (the --gpus pool's precompile phase). The process around a run (its spec and
+result files, its status) is worker.py.
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ import torch
 
 import attentions
 from config import Config
-from harness.run import ddp
+from harness.run import ddp, warmup
 from harness.run import model as models
 from harness.run.batches import run_data
-from harness.run.evaluate import eval_rows, evaluate, quality_info, scheduler
+from harness.run.evaluate import eval_rows, evaluate, quality_info
 from harness.run.step import StepTimer, fault_for, inference_time, train_step
 from harness.run.tokenizer import get_tokenizer
+from harness.run.warmup import (compile_cache, compile_then_wait, compile_time, first_minus_median,
+                                reset_optimizer)
 from metrics.flops import fvcore_forward_flops, palm_flops_per_token, palm_n_params, train_step_flops
 from metrics.meter import Meter
 from metrics.peak import peak_tflops
@@ -107,13 +111,12 @@ def prepare(cfg: Config, run: dict, device: torch.device) -> Setup:
     flops = train_step_flops(c, B, T, spec.flops(B, H, T, D, params), kv_heads=params.get("kv_heads"))
     s = Setup(spec=spec, dtype=dtype, batches=batches, real=real, data_stats=made["stats"], model=model,
               step_model=model, params=params, kernel=spec.kernel(device, params, dtype=dtype, shape=(B, H, T, D)),
-              opt=torch.optim.AdamW(model.parameters(), lr=cfg.lr_for(run["model"]), fused=device.type == "cuda"),
-              scaler=torch.amp.GradScaler(device.type, enabled=needs_scaler), flops=flops["total"],
+              opt=None, scaler=torch.amp.GradScaler(device.type, enabled=needs_scaler), flops=flops["total"],
               flops_forward=flops["forward"],
               palm=palm_flops_per_token(palm_n_params(model), c.n_layer, H, D, T),
               peak=peak_tflops(device, dtype), size_mb=model_size_mb(model), fault=fault_for(run["attention"]),
               evals=evals)
-    s.sched = scheduler(s.opt, cfg, len(batches) * cfg.epochs)
+    reset_optimizer(s, cfg, run, device)
     t_probe = time.perf_counter()
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         model(input_ids=batches[0]["input_ids"][:1])  # eager: masks and kernel probes built before compile
@@ -147,15 +150,21 @@ def seeded_prepare(cfg: Config, run: dict):
     return device, prepare(cfg, run, device)
 
 
-def run(cfg: Config, run: dict, log=print) -> dict:
-    """Train one configuration; returns {"rows", "info", "samples"}. Raises on failure."""
+def run(cfg: Config, run: dict, log=print, gate=None) -> dict:
+    """Train one configuration; returns {"rows", "info", "samples"}. Raises on failure. gate: compile
+    first, beside other runs, then measure when the sweep says so (harness/run/gate.py)."""
     device, s = seeded_prepare(cfg, run)
-    meter = Meter(device, interval_s=cfg.sample_interval_s)
+    paused = compile_then_wait(cfg, run, s, device, gate) if gate is not None else []
+    graphs = warmup.graph_count()
+    meter = Meter(device, interval_s=cfg.sample_interval_s, siblings=paused)
     meter.start()
     try:
         rows, energy, windows, evals = loop(cfg, run, s, device, StepTimer(device), meter, log)
     finally:
         meter.stop()  # completes each step's sampled columns (power, utilisation, energy)
+        if gate is not None:
+            gate.measured()
+    s.phases.update(paused_runs=len(paused), graphs_compiled_measuring=warmup.graph_count() - graphs)
     for row, m in zip(rows, windows):
         row.update(m)
         row["joules_per_token"] = row["energy_j"] / row["tokens"]
@@ -186,7 +195,7 @@ def run_info(cfg: Config, s: Setup, device, rows: list[dict], energy: float, met
     info = dict(kernel=s.kernel, attention_params=s.params, dtype=str(s.dtype).replace("torch.", ""),
                 device=str(device), data=s.data_stats, energy_j_run=energy,
                 joules_per_token_run=energy / tokens if tokens else math.nan,
-                compile_time_s=first_minus_median([r["train_time_s"] for r in rows]) if cfg.compile else math.nan,
+                compile_time_s=compile_time(cfg, s, rows),
                 flops_per_step=s.flops, palm_flops_per_token=s.palm, peak_tflops=s.peak,
                 metrics=meter.info(), phases=phases, compile_cache=compile_cache())
     info["idle_power_w"] = info["metrics"].get("idle_power_w", math.nan)
@@ -196,33 +205,13 @@ def run_info(cfg: Config, s: Setup, device, rows: list[dict], energy: float, met
     return info
 
 
-def compile_cache() -> dict:
-    """torch.compile's cache hits and misses in this process (AOTAutograd graphs, Inductor graphs):
-    after the precompile phase a measured run should only hit."""
-    from torch._dynamo.utils import counters
-    aot, ind = counters.get("aot_autograd", {}), counters.get("inductor", {})
-    return dict(aot_hit=aot.get("autograd_cache_hit", 0), aot_miss=aot.get("autograd_cache_miss", 0),
-                fx_hit=ind.get("fxgraph_cache_hit", 0), fx_miss=ind.get("fxgraph_cache_miss", 0))
-
-
-def first_minus_median(times: list[float]) -> float:
-    """Compile time: the first call (which compiles) less the median of the later ones."""
-    later = sorted(times[1:]) or times[:1]
-    return times[0] - later[len(later) // 2]
-
-
 def warm(cfg: Config, run: dict) -> dict:
     """Fill torch.compile's on-disk caches for this run (the sweep's precompile phase): the same
     prepare(), one training step and one no-grad forward, nothing measured. Graphs are keyed on
     code and shapes, so the measured run that follows loads them instead of compiling again."""
     t0 = time.perf_counter()
     device, s = seeded_prepare(cfg, run)
-    batch = s.batches[0]
-    train_step(s.step_model, batch, s.opt, s.scaler, s.dtype, StepTimer(device), run["attention"], 0)
-    if cfg.measure_inference or s.evals:  # the no-grad graph: inference and evaluation
-        inference_time(s.step_model, batch, s.dtype, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    warmup.warm_graphs(s, cfg, run, device)
     return {"rows": [], "samples": [], "info": {"warm_s": time.perf_counter() - t0, "compile_cache": compile_cache()}}
 
 

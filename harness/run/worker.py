@@ -17,6 +17,7 @@ import torch
 from config import Config
 from harness.run import ddp, train
 from harness.run.batches import data_key
+from harness.run.gate import Gate
 from harness.store import write_json
 
 
@@ -46,7 +47,11 @@ def main(spec_path: str, out_path: str) -> int:
     cfg, run = Config.from_dict(spec["config"]), dict(spec["run"], data=spec.get("data"))
     result = {"status": "error", "reason": "", "rows": [], "info": {}, "samples": []}
     try:
-        result.update((train.warm if spec.get("warm") else train.run)(cfg, run), status="ok")
+        if spec.get("warm"):
+            result.update(train.warm(cfg, run), status="ok")
+        else:
+            gate = Gate(spec_path.removesuffix(".spec.json")) if spec.get("gate") else None
+            result.update(train.run(cfg, run, gate=gate), status="ok")
     except Exception as e:  # any failure is a result too; the sweep goes on
         result.update(status_of(e))
     write_json(out_path, result)

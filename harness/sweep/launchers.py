@@ -2,8 +2,9 @@
 
     launcher.run(sweep, todo, done)   # run every pending run; sweep.begin / sweep.end record each
 
-  OneAtATime   each run a fresh process (the fork server's child), one after another: the
-               cleanest measurement, and the default.
+  OneAtATime   each run a fresh process (the fork server's child), measured one after another:
+               the default. On a GPU, compiled runs compile side by side first, each in the
+               process that then measures it alone, the others paused (harness/sweep/overlap.py).
   GpuPool      --gpus: independent runs side by side, one fresh process per GPU, each pinned with
                CUDA_VISIBLE_DEVICES=<gpu> (cuda:0 inside; metrics/nvml.py finds its board by UUID).
                Runs share the host's CPUs, PCIe and power budget.
@@ -21,7 +22,7 @@ import time
 
 from harness.errors import UserError
 from harness.run import ddp
-from harness.sweep import plan, precompile, processes
+from harness.sweep import overlap, plan, precompile, processes
 
 
 class OneAtATime:
@@ -33,10 +34,14 @@ class OneAtATime:
         self.progress = progress
 
     def run(self, sweep, todo: list[dict], done: int) -> None:
-        warmed = precompile.run_phase(sweep, todo, None)
-        if warmed:
-            sweep.manifest.setdefault("precompile", []).append(warmed)
+        n = precompile.workers(sweep.cfg, sum(precompile.compiles(sweep.cfg, r) for r in todo),
+                               sweep.manifest.get("environment", {}).get("gpu_count") or 0)
+        if n:
+            with self.bar(sweep, len(todo), done) as bar:
+                record = overlap.Overlap(sweep, n, bar=bar).run(todo, done)
+            sweep.manifest.setdefault("overlap", []).append(record)
             sweep.save()
+            return
         with self.bar(sweep, len(todo), done) as bar:
             for i, run in enumerate(todo, 1):
                 t0 = sweep.begin(run, f"[{done + i}/{len(sweep.runs)}]")

@@ -111,7 +111,8 @@ def merge(folders: list[str], out: str | None = None, log=print) -> Path:
     store.write_json(folder / "manifest.json", dict(
         mans[0], created=now, finished=now if complete else None, runs=runs, shard=None, merge=report,
         command=" ".join(sys.argv), environments={str(f): m.get("environment") for f, m in zip(folders, mans)},
-        precompile=[pc for m in mans for pc in m.get("precompile", [])], git_commit=_commit(mans)))
+        precompile=[pc for m in mans for pc in m.get("precompile", [])],
+        overlap=[ov for m in mans for ov in m.get("overlap", [])], git_commit=_commit(mans)))
     log(f"merged {len(folders)} folders: {len(done)} of {len(plan_ids)} runs finished -> {folder}")
     for what, ids in (("duplicates (first finished copy kept)", [d["run_id"] for d in dups]),
                       ("missing (in the plan, in no shard)", report["missing"]),

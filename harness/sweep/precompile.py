@@ -1,4 +1,7 @@
-"""The precompile phase: compile a sweep's runs side by side before measuring them one at a time.
+"""The precompile phase of the --gpus pool, and how many runs compile side by side.
+
+One GPU compiles and measures in the same process (harness/sweep/overlap.py); the pool, whose
+runs go to whichever GPU is free, warms the caches first instead, as follows.
 
 A compiled run spends most of its wall time in torch.compile (on the H200, gpt2's training graph
 took about 35 s and its no-grad graph 13 s, flex runs over a minute, against 3 s of steps), and
@@ -25,14 +28,14 @@ from harness.sweep import processes
 
 
 def workers(cfg: Config, n_runs: int, gpu_count: int) -> int:
-    """How many warm processes: the config's number, or auto = CPU cores // 4 (at most 8) when the
-    runs are on a GPU (compiling is CPU work: a Python thread plus Triton's compile workers; and
-    each warm process holds a training step's memory on the GPU), 0 on a CPU (the runs
-    themselves need the cores) and when no run compiles anything."""
+    """How many runs compile side by side: the config's number, or auto = CPU cores // 2 (at most
+    8) when the runs are on a GPU (compiling is CPU work: a Python thread plus Inductor's compile
+    workers, which the runs share out), 0 on a CPU (the runs themselves need the cores) and when
+    no run compiles anything."""
     n = cfg.precompile
     if n == "auto":
         on_gpu = cfg.device != "cpu" and gpu_count > 0
-        n = min(8, (os.cpu_count() or 1) // 4) if on_gpu else 0
+        n = min(8, (os.cpu_count() or 1) // 2) if on_gpu else 0
     return max(0, min(int(n), n_runs))
 
 

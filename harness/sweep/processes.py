@@ -54,9 +54,12 @@ def _context():
     return _CONTEXT
 
 
-def _child(spec: str, out: str, env: dict, log_path: str | None) -> None:
-    """The run's process: the sweep's environment, its own output file if asked, then the worker."""
+def _child(spec: str, out: str, env: dict, log_path: str | None, own_group: bool = False) -> None:
+    """The run's process: the sweep's environment, its own output file if asked, then the worker.
+    own_group: a process group of its own (with its compile workers), which the sweep can pause."""
     die_with_parent()
+    if own_group:
+        os.setpgrp()
     # Ctrl-C reaches the whole process group; the sweep stops its child itself, so a child just
     # exits (no traceback): the parent says what happened once.
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
@@ -101,18 +104,19 @@ class Child:
         self.send_signal(signal.SIGKILL)
 
 
-def launch(spec: Path, out: Path, env: dict, log_path: Path | None = None):
+def launch(spec: Path, out: Path, env: dict, log_path: Path | None = None, own_group: bool = False):
     """Start one run's process; returns a Popen-like handle."""
     if os.environ.get("AB_LAUNCH") == "exec":
         cmd = [sys.executable, "-m", "harness.run.worker", str(spec), str(out)]
+        pre = (lambda: (die_with_parent(), os.setpgrp())) if own_group else die_with_parent
         if log_path is None:
-            return subprocess.Popen(cmd, env=env, cwd=ROOT, preexec_fn=die_with_parent)
+            return subprocess.Popen(cmd, env=env, cwd=ROOT, preexec_fn=pre)
         with open(log_path, "w") as log:  # the child holds its own copy of the descriptor
-            return subprocess.Popen(cmd, env=env, cwd=ROOT, preexec_fn=die_with_parent, stdout=log,
+            return subprocess.Popen(cmd, env=env, cwd=ROOT, preexec_fn=pre, stdout=log,
                                     stderr=subprocess.STDOUT)
     sys.stdout.flush()
     process = _context().Process(target=_child, args=(str(spec), str(out), dict(env),
-                                                      str(log_path) if log_path else None))
+                                                      str(log_path) if log_path else None, own_group))
     process.start()
     return Child(process)
 
@@ -120,26 +124,42 @@ def launch(spec: Path, out: Path, env: dict, log_path: Path | None = None):
 # -- one run's process, from its files to its result ---------------------------------------------
 
 
+def run_stem(folder: Path, run: dict) -> Path:
+    """Where a run's files in .runs/ start (the gate's files too: harness/run/gate.py)."""
+    return Path(folder) / ".runs" / run["run_id"]
+
+
+def compile_threads_env(workers: int) -> dict:
+    """Inductor's compile workers per run when `workers` runs compile side by side: the cores
+    shared out (each run would otherwise start one per core), unless the user set it."""
+    if "TORCHINDUCTOR_COMPILE_THREADS" in os.environ:
+        return {}
+    return {"TORCHINDUCTOR_COMPILE_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, workers)))}
+
+
 def run_files(folder: Path, run: dict, warm: bool = False) -> tuple[Path, Path, Path]:
     """(spec, result, log) of a run's process in .runs/; a precompile process has its own."""
-    stem = Path(folder) / ".runs" / (run["run_id"] + (".warm" if warm else ""))
+    stem = run_stem(folder, run)
+    stem = stem.with_name(stem.name + (".warm" if warm else ""))
     return (stem.with_name(stem.name + ".spec.json"), stem.with_name(stem.name + ".result.json"),
             stem.with_name(stem.name + ".log"))
 
 
 def start(folder: Path, cfg, run: dict, env_extra: dict | None = None, log_path: Path | None = None,
-          warm: bool = False):
+          warm: bool = False, gate: bool = False):
     """Start one run's process; env_extra pins a GPU (the pool), log_path takes its output
-    (side-by-side runs would interleave on the terminal), warm makes it a precompile process."""
+    (side-by-side runs would interleave on the terminal), warm makes it a precompile process,
+    gate a run that compiles, then waits for its turn (harness/run/gate.py) in its own group."""
     (Path(folder) / ".runs").mkdir(exist_ok=True)
     spec, out, _ = run_files(folder, run, warm)
     out.unlink(missing_ok=True)
     data = Path(folder) / ".runs" / f"data_{data_key(run)}.pt"
-    write_json(spec, dict(config=cfg.to_dict(), run=run, warm=warm, data=str(data) if data.exists() else None))
+    write_json(spec, dict(config=cfg.to_dict(), run=run, warm=warm, gate=gate,
+                          data=str(data) if data.exists() else None))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     if cfg.offline:
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    return launch(spec, out, env, log_path)
+    return launch(spec, out, env, log_path, own_group=gate)
 
 
 def collect(folder: Path, run: dict, rc: int, warm: bool = False) -> dict:
@@ -181,6 +201,19 @@ def poll(folder: Path, run: dict, proc, t_launch: float, timeout_s: float | None
         stop(proc, kill=True)
         return dict(status="timeout", reason=f"no result within {timeout_s:g} s of its launch")
     return None
+
+
+def pause(proc, on: bool) -> None:
+    """SIGSTOP (on) or SIGCONT a gated run's process group: the run and its compile workers. A
+    process already gone is left alone."""
+    sig = signal.SIGSTOP if on else signal.SIGCONT
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):  # not (yet) a group of its own: the process alone
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def pin_env(gpu: int) -> dict:

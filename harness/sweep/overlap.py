@@ -1,0 +1,179 @@
+"""Compile side by side, measure alone: how a compiled sweep runs on one GPU.
+
+A compiled run spends most of its wall time in torch.compile, which is work for the host's CPUs
+while the GPU waits. So up to `workers` runs start at once, each in its fresh process as always.
+Each compiles every graph it will need (a training step of each batch shape, the no-grad forward
+of inference and evaluation), puts its weights, random state and optimizer back to where they
+started, frees the step's memory and says it is ready (harness/run/gate.py). One ready run at a
+time gets the GPU: before it measures, every other run's process group is paused (SIGSTOP), so
+nothing else runs beside its measured steps; they resume when its timed part ends. A run
+compiles once, in the process that measures it; no graph is compiled twice.
+
+Runs that share their graphs (the seeds of one configuration) start one after the other, so the
+later ones load what the first compiled. A run that runs out of memory while others shared the
+GPU is not recorded as oom: it runs again, alone, at the end. Time spent paused does not count
+against a run's timeout. The manifest's `overlap` entry says how long each run compiled, waited
+and was paused.
+"""
+from __future__ import annotations
+
+import time
+
+import attentions
+from harness.run import gate as gates
+from harness.sweep import plan, processes
+
+GRAPH_KEYS = ("model", "attention", "seq_len", "batch_size", "n_pairs")
+
+
+def graph_key(run: dict) -> tuple:
+    return tuple(run.get(k) for k in GRAPH_KEYS)
+
+
+def order(todo: list[dict]) -> list[dict]:
+    """Longest compiles first (flex-based, lsh the longest), so the sweep does not end waiting on
+    one of them; baseline (eager attention, the most memory) last. Stable otherwise."""
+    def rank(r):
+        spec = attentions.get(r["attention"])
+        return (r["attention"] != "lsh", not spec.compiles, r["attention"] == "baseline")
+    return sorted(todo, key=rank)
+
+
+class Slot:
+    """One run's process in the overlap, and where it is: compiling, ready, measuring, done."""
+
+    def __init__(self, run: dict, proc, t_launch: float, t0: float, alone: bool):
+        self.run, self.proc, self.t_launch, self.t0, self.alone = run, proc, t_launch, t0, alone
+        self.state, self.shared, self.paused_s, self.t_paused = "compiling", False, 0.0, None
+        self.t_ready = self.t_go = self.t_measured = None
+
+    def pause(self, on: bool) -> None:
+        if on and self.t_paused is None:
+            processes.pause(self.proc, True)
+            self.t_paused = time.perf_counter()
+        elif not on and self.t_paused is not None:
+            processes.pause(self.proc, False)
+            self.paused_s += time.perf_counter() - self.t_paused
+            self.t_paused = None
+
+    def record(self) -> dict:
+        def gap(a, b):
+            return round(b - a, 2) if a is not None and b is not None else None
+        return dict(compile_s=gap(self.t_launch, self.t_ready), waited_s=gap(self.t_ready, self.t_go),
+                    measured_s=gap(self.t_go, self.t_measured), paused_s=round(self.paused_s, 2),
+                    shared=self.shared, alone=self.alone)
+
+
+class Overlap:
+    """The scheduler. start(run, alone) -> a Popen-like handle; tests pass their own."""
+
+    def __init__(self, sweep, workers: int, start=None, poll_s: float = 0.05, bar=None):
+        self.sweep, self.workers, self.poll_s, self.bar = sweep, workers, poll_s, bar
+        self.start = start or (lambda run, alone: processes.start(
+            sweep.folder, sweep.cfg, run, processes.compile_threads_env(workers), gate=True,
+            log_path=processes.run_files(sweep.folder, run)[2]))
+        self.active: dict[str, Slot] = {}
+        self.retry: list[dict] = []
+        self.record: dict[str, dict] = {}
+        self.n = 0
+
+    def run(self, todo: list[dict], done: int) -> dict:
+        self.n = done
+        queue, t_start = order(todo), time.perf_counter()
+        try:
+            while queue or self.active or self.retry:
+                self.admit(queue)
+                self.poll()
+                self.hand_over()
+                time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            for slot in self.active.values():
+                slot.pause(False)
+                processes.stop(slot.proc, kill=True)
+            raise
+        finally:
+            for slot in self.active.values():
+                slot.pause(False)
+        return dict(workers=self.workers, runs=len(todo), wall_s=round(time.perf_counter() - t_start, 2),
+                    results=self.record)
+
+    def admit(self, queue: list[dict]) -> None:
+        """Start runs while fewer than `workers` are alive; a run whose graphs a live run is still
+        compiling waits for them. Runs to retry alone start when nothing else is alive."""
+        if any(s.alone for s in self.active.values()):
+            return
+        while queue and len(self.active) < self.workers:
+            compiling = {graph_key(s.run) for s in self.active.values() if s.state == "compiling"}
+            run = next((r for r in queue if graph_key(r) not in compiling), None)
+            if run is None:
+                return
+            queue.remove(run)
+            self.launch(run, alone=False)
+        if not queue and not self.active and self.retry:
+            self.launch(self.retry.pop(0), alone=True)
+
+    def launch(self, run: dict, alone: bool) -> None:
+        self.n += 1
+        gates.clear(processes.run_stem(self.sweep.folder, run))
+        t_launch = time.perf_counter()
+        again = " (again, alone on the GPU)" if alone else ""
+        t0 = self.sweep.begin(run, f"[{self.n}/{len(self.sweep.runs)}]{again}")
+        self.active[run["run_id"]] = Slot(run, self.start(run, alone), t_launch, t0, alone)
+
+    def poll(self) -> None:
+        for rid, slot in list(self.active.items()):
+            if len(self.active) > 1:
+                slot.shared = True
+            if slot.t_paused is not None:
+                continue
+            res = processes.poll(self.sweep.folder, slot.run, slot.proc, slot.t_launch + slot.paused_s,
+                                 self.sweep.cfg.timeout_s)
+            if res is not None:
+                self.finish(slot, res)
+            elif slot.state == "compiling" and gates.files(self.stem(slot))[0].exists():
+                slot.state, slot.t_ready = "ready", time.perf_counter()
+
+    def stem(self, slot: Slot):
+        return processes.run_stem(self.sweep.folder, slot.run)
+
+    def finish(self, slot: Slot, res: dict) -> None:
+        del self.active[slot.run["run_id"]]
+        if slot.state == "measuring":
+            slot.t_measured = slot.t_measured or time.perf_counter()
+            self.resume_all()
+        gates.clear(self.stem(slot))
+        self.record[slot.run["run_id"]] = slot.record()
+        slot.run["overlap"] = self.record[slot.run["run_id"]]
+        if res["status"] == "oom" and slot.shared and not slot.alone:
+            self.sweep.log(f"  {slot.run['attention']} seq_len={slot.run['seq_len']}{plan.run_tags(slot.run)}: "
+                           "out of memory beside other runs; it runs again alone at the end", flush=True)
+            self.retry.append(slot.run)
+            return
+        self.sweep.end(slot.run, res, slot.t0, label=f"{slot.run['model']} {slot.run['attention']} "
+                                                     f"seq_len={slot.run['seq_len']}{plan.run_tags(slot.run)}")
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def hand_over(self) -> None:
+        """The GPU to the earliest ready run once the last measured one has exited. When its timed
+        part ends (STEM.measured) the others resume compiling; while it finishes (fvcore's trace,
+        its result file) nothing new is measured."""
+        for slot in self.active.values():
+            if slot.state == "measuring" and gates.files(self.stem(slot))[2].exists():
+                slot.state, slot.t_measured = "finishing", time.perf_counter()
+                self.resume_all()
+        if any(s.state in ("measuring", "finishing") for s in self.active.values()):
+            return
+        ready = sorted((s for s in self.active.values() if s.state == "ready"), key=lambda s: s.t_ready)
+        if not ready:
+            return
+        slot = ready[0]
+        others = [s for s in self.active.values() if s is not slot]
+        for other in others:
+            other.pause(True)
+        gates.say_go(self.stem(slot), [s.proc.pid for s in others])
+        slot.state, slot.t_go = "measuring", time.perf_counter()
+
+    def resume_all(self) -> None:
+        for slot in self.active.values():
+            slot.pause(False)
