@@ -28,7 +28,10 @@ class Immediate(gates.Gate):
         self.said = info
 
     def wait(self):
-        return [4242]
+        return {"paused": [4242], "compiling": []}
+
+    def watch_compiles(self):
+        pass
 
     def measured(self):
         self.said["measured"] = True
@@ -58,31 +61,40 @@ class FakeProc:
     once told to go, then exits with `status`. It checks that nobody else is unpaused meanwhile."""
     live = []
 
-    def __init__(self, folder, run, compile_s, measure_s, status="ok"):
+    def __init__(self, folder, run, compile_s, measure_s, status="ok", marks_compiling=False):
         self.stem, self.run, self.status = processes.run_stem(folder, run), run, status
         self.compile_s, self.measure_s = compile_s, measure_s
         self.t0, self.t_go, self.done, self.paused = time.perf_counter(), None, None, False
         self.pid = 1000 + len(FakeProc.live)
-        self.overlapping = []
+        self.overlapping, self.marks_compiling, self.waiting = [], marks_compiling, False
         FakeProc.live.append(self)
+
+    def on_gpu(self):
+        """Launching GPU work: running, not done, and not inside a compile."""
+        return not (self.paused or self.waiting or self.done is not None or gates.files(self.stem)[3].exists())
 
     def step(self):
         now = time.perf_counter()
-        ready, go, measured = gates.files(self.stem)
+        ready, go, measured, compiling = gates.files(self.stem)
         if self.paused or self.done is not None:
             return
+        if self.marks_compiling and not ready.exists() and not self.waiting:
+            compiling.touch()  # as the compile callbacks do
         if not ready.exists() and now - self.t0 > self.compile_s:
+            compiling.unlink(missing_ok=True)  # the compile's end: wait out a measurement
+            self.waiting = gates.measuring_flag(self.stem.parent).exists()
+            if self.waiting:
+                return
             ready.write_text("{}")
         if go.exists() and self.t_go is None:
-            self.t_go, self.paused_at_go = now, json.loads(go.read_text())["paused"]
+            self.t_go, self.said_go = now, json.loads(go.read_text())
         if self.t_go is not None and now - self.t_go > self.measure_s:
             measured.write_text("{}")
             self.done = 0
             out = processes.run_files(self.stem.parents[1], self.run)[1]
             out.write_text(json.dumps(dict(status=self.status, reason="fake", rows=[], info={})))
         if self.t_go is not None and self.done is None:
-            self.overlapping += [p.run["run_id"] for p in FakeProc.live
-                                 if p is not self and not p.paused and p.done is None]
+            self.overlapping += [p.run["run_id"] for p in FakeProc.live if p is not self and p.on_gpu()]
 
     def poll(self):
         self.step()
@@ -129,14 +141,18 @@ def _runs(*attentions, seeds=(0,)):
             for i, (a, s) in enumerate((a, s) for a in attentions for s in seeds)]
 
 
-def test_runs_compile_side_by_side_and_each_measures_with_the_others_paused(tmp_path, fake_pause):
+@pytest.mark.parametrize("marks_compiling", [False, True])
+def test_runs_compile_side_by_side_and_each_measures_with_the_others_paused(tmp_path, fake_pause, marks_compiling):
+    """Nobody launches GPU work beside a measured run: others are paused, or, inside a compile,
+    go on compiling and wait at its end."""
     runs = _runs("baseline", "sdpa", "lsh", "linear")
     sweep = FakeSweep(tmp_path, runs)
     times = {"lsh": 0.4, "sdpa": 0.1, "linear": 0.15, "baseline": 0.05}
     procs = {}
 
     def start(run, alone):
-        procs[run["run_id"]] = FakeProc(tmp_path, run, times[run["attention"]], 0.05)
+        procs[run["run_id"]] = FakeProc(tmp_path, run, times[run["attention"]], 0.05,
+                                        marks_compiling=marks_compiling)
         return procs[run["run_id"]]
 
     t0 = time.perf_counter()
@@ -149,6 +165,11 @@ def test_runs_compile_side_by_side_and_each_measures_with_the_others_paused(tmp_
     for rid, rec in record["results"].items():
         assert rec["compile_s"] is not None and rec["measured_s"] >= 0.05 and rec["shared"]
     assert not list((tmp_path / ".runs").glob("*.go"))      # the gate's files are cleared
+    assert not gates.measuring_flag(tmp_path / ".runs").exists()
+    lsh = procs[sweep.begun[0]]
+    said = [p.said_go for p in procs.values() if p is not lsh and p.t_go < lsh.t_go]
+    key = "compiling" if marks_compiling else "paused"
+    assert all(lsh.pid in s[key] for s in said)              # lsh, still compiling, was left to compile
 
 
 def test_seeds_of_one_configuration_compile_one_after_the_other(tmp_path, fake_pause):

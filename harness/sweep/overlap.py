@@ -5,9 +5,10 @@ while the GPU waits. So up to `workers` runs start at once, each in its fresh pr
 Each compiles every graph it will need (a training step of each batch shape, the no-grad forward
 of inference and evaluation), puts its weights, random state and optimizer back to where they
 started, frees the step's memory and says it is ready (harness/run/gate.py). One ready run at a
-time gets the GPU: before it measures, every other run's process group is paused (SIGSTOP), so
-nothing else runs beside its measured steps; they resume when its timed part ends. A run
-compiles once, in the process that measures it; no graph is compiled twice.
+time gets the GPU: before it measures, every other run's process group is paused (SIGSTOP), but
+for runs inside a compile, which go on compiling on the CPU and wait at the compile's end; so no
+other run puts work on the GPU beside the measured steps. They resume when its timed part ends.
+A run compiles once, in the process that measures it; no graph is compiled twice.
 
 Runs that share their graphs (the seeds of one configuration) start one after the other, so the
 later ones load what the first compiled. A run that runs out of memory while others shared the
@@ -92,8 +93,7 @@ class Overlap:
                 processes.stop(slot.proc, kill=True)
             raise
         finally:
-            for slot in self.active.values():
-                slot.pause(False)
+            self.resume_all()
         return dict(workers=self.workers, runs=len(todo), wall_s=round(time.perf_counter() - t_start, 2),
                     results=self.record)
 
@@ -168,12 +168,17 @@ class Overlap:
         if not ready:
             return
         slot = ready[0]
+        gates.measuring_flag(self.sweep.folder / ".runs").write_text("")
         others = [s for s in self.active.values() if s is not slot]
+        compiling = [s for s in others if gates.files(self.stem(s))[3].exists()]
         for other in others:
-            other.pause(True)
-        gates.say_go(self.stem(slot), [s.proc.pid for s in others])
+            if other not in compiling:
+                other.pause(True)
+        gates.say_go(self.stem(slot), [s.proc.pid for s in others if s not in compiling],
+                     [s.proc.pid for s in compiling])
         slot.state, slot.t_go = "measuring", time.perf_counter()
 
     def resume_all(self) -> None:
+        gates.measuring_flag(self.sweep.folder / ".runs").unlink(missing_ok=True)
         for slot in self.active.values():
             slot.pause(False)
