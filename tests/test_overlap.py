@@ -1,4 +1,5 @@
 """Compile side by side, measure alone (harness/sweep/overlap.py, harness/run/gate.py)."""
+import contextlib
 import dataclasses
 import json
 import signal
@@ -30,8 +31,9 @@ class Immediate(gates.Gate):
     def wait(self):
         return {"paused": [4242], "compiling": []}
 
-    def watch_compiles(self):
-        pass
+    @contextlib.contextmanager
+    def warming_up(self):
+        yield
 
     def measured(self):
         self.said["measured"] = True
@@ -81,10 +83,12 @@ class FakeProc:
         if self.marks_compiling and not ready.exists() and not self.waiting:
             compiling.touch()  # as the compile callbacks do
         if not ready.exists() and now - self.t0 > self.compile_s:
-            compiling.unlink(missing_ok=True)  # the compile's end: wait out a measurement
-            self.waiting = gates.measuring_flag(self.stem.parent).exists()
+            compiling.unlink(missing_ok=True)  # the compile's end: the GPU lock for the step
+            self.lock = getattr(self, "lock", None) or gates.GpuLock(gates.lock_path(self.stem.parent))
+            self.waiting = not self.lock.take(block=False)
             if self.waiting:
                 return
+            self.lock.give()  # the (instant) warm step done
             ready.write_text("{}")
         if go.exists() and self.t_go is None:
             self.t_go, self.said_go = now, json.loads(go.read_text())
@@ -155,6 +159,7 @@ def test_runs_compile_side_by_side_and_each_measures_with_the_others_paused(tmp_
                                         marks_compiling=marks_compiling)
         return procs[run["run_id"]]
 
+    overlap.order(runs)  # imports the mechanisms (a second) before the clock starts
     t0 = time.perf_counter()
     record = overlap.Overlap(sweep, workers=4, start=start, poll_s=0.005).run(runs, 0)
     wall = time.perf_counter() - t0
@@ -165,7 +170,7 @@ def test_runs_compile_side_by_side_and_each_measures_with_the_others_paused(tmp_
     for rid, rec in record["results"].items():
         assert rec["compile_s"] is not None and rec["measured_s"] >= 0.05 and rec["shared"]
     assert not list((tmp_path / ".runs").glob("*.go"))      # the gate's files are cleared
-    assert not gates.measuring_flag(tmp_path / ".runs").exists()
+    assert gates.GpuLock(gates.lock_path(tmp_path / ".runs")).take(block=False)  # given back
     lsh = procs[sweep.begun[0]]
     said = [p.said_go for p in procs.values() if p is not lsh and p.t_go < lsh.t_go]
     key = "compiling" if marks_compiling else "paused"

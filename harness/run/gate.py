@@ -7,15 +7,15 @@ A gated run compiles first, beside other runs doing the same, then waits for its
     ...measured steps...
     gate.measured()         # STEM.measured: the sweep may resume the others
 
-Before it writes STEM.go the sweep writes .runs/measuring and pauses (SIGSTOP) every other run's
-process group, except runs inside a torch.compile (STEM.compiling, kept by the callbacks below):
-compiling is CPU work, so those go on, and when their compile ends they wait while .runs/measuring
-exists before they run anything on the GPU. (The child removes STEM.compiling before it looks for
-.runs/measuring, the sweep writes .runs/measuring before it looks for STEM.compiling: whichever
-comes second sees the other.) After STEM.measured the sweep removes .runs/measuring and resumes
-the paused ones. So no other run launches GPU work beside the measured steps; the paused keep
-their memory. A warm-up that runs out of memory beside the others tries again holding
-.runs/warm.lock, which only such retries take.
+One process at a time runs GPU work in a warm-up or in measured steps: it holds .runs/gpu.lock
+(an flock), which the sweep takes for each measured run and a warming run takes at the end of
+each of its compiles; a warming run gives it back when a compile starts with no step's
+activations alive (the backward graph is compiled with the forward, so a step runs unbroken).
+So compiles overlap, while the training steps' memory peaks never coincide. Before it writes
+STEM.go the sweep also pauses (SIGSTOP) every other run's process group, but for runs inside a
+compile (STEM.compiling, kept by the callbacks below), which go on on the CPU and wait for the
+lock when the compile ends: no other run launches GPU work beside the measured steps, and the
+paused keep their memory.
 """
 from __future__ import annotations
 
@@ -34,39 +34,83 @@ def files(stem: Path) -> tuple[Path, Path, Path, Path]:
     return tuple(stem.with_name(f"{stem.name}.{what}") for what in ("ready", "go", "measured", "compiling"))
 
 
-def measuring_flag(runs_dir: Path) -> Path:
-    return Path(runs_dir) / "measuring"
+def lock_path(runs_dir: Path) -> Path:
+    return Path(runs_dir) / "gpu.lock"
+
+
+class GpuLock:
+    """An flock on .runs/gpu.lock, taken and given back by the same process, possibly many times."""
+
+    def __init__(self, path: Path):
+        self.file, self.held = open(path, "a"), False
+
+    def take(self, block: bool = True) -> bool:
+        if not self.held:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return False
+            self.held = True
+        return True
+
+    def give(self) -> None:
+        if self.held:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.held = False
 
 
 class Gate:
     def __init__(self, stem: Path | str, poll_s: float = 0.01):
         self.ready_path, self.go_path, self.measured_path, self.compiling_path = files(Path(stem))
-        self.flag, self.lock_path = measuring_flag(Path(stem).parent), Path(stem).parent / "warm.lock"
-        self.poll_s, self.has_go = poll_s, False
-
-    def watch_compiles(self) -> None:
-        """Mark this process as compiling while torch.compile compiles (Dynamo frames, lazy
-        backward graphs); at each compile's end, wait out another run's measurement."""
-        try:
-            from torch._dynamo.callback import callback_handler
-        except ImportError:  # an older torch: never marked, so always paused
-            return
-        callback_handler.register_start_callback(lambda args: self.compiling_path.touch())
-        callback_handler.register_end_callback(lambda args: self.compile_ended())
-
-    def compile_ended(self) -> None:
-        self.compiling_path.unlink(missing_ok=True)
-        while not self.has_go and self.flag.exists():
-            time.sleep(self.poll_s)
+        self.lock = GpuLock(lock_path(Path(stem).parent))
+        self.poll_s, self.base_bytes, self.warming = poll_s, 0, False
 
     @contextlib.contextmanager
-    def warm_lock(self):
-        with open(self.lock_path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def warming_up(self):
+        """The warm-up: the lock held whenever this process is not compiling; never beyond it."""
+        import torch
+        from torch._functorch import config as functorch_config
+        try:
+            from torch._dynamo.callback import callback_handler
+        except ImportError:  # an older torch: compiles hold the lock too
+            callback_handler = None
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self.base_bytes = torch.cuda.memory_allocated() if cuda else 0
+        self.warming = True
+        start, end = (lambda args: self.compile_started(cuda)), (lambda args: self.compile_ended())
+        if callback_handler is not None:
+            callback_handler.register_start_callback(start)
+            callback_handler.register_end_callback(end)
+        flag = "force_non_lazy_backward_lowering"  # the backward compiles with the forward
+        lazy = getattr(functorch_config, flag, None)
+        if lazy is not None:
+            setattr(functorch_config, flag, True)
+        self.lock.take()
+        try:
+            yield
+        finally:
+            self.warming = False
+            if lazy is not None:
+                setattr(functorch_config, flag, lazy)
+            if callback_handler is not None:
+                callback_handler.remove_start_callback(start)
+                callback_handler.remove_end_callback(end)
+            self.compiling_path.unlink(missing_ok=True)
+            self.lock.give()
+
+    def compile_started(self, cuda: bool) -> None:
+        import torch
+        if not self.warming:
+            return
+        idle = not cuda or torch.cuda.memory_allocated() <= self.base_bytes + (1 << 30)
+        if idle:  # no step in flight (a graph break mid-step keeps the lock)
+            self.compiling_path.touch()
+            self.lock.give()
+
+    def compile_ended(self) -> None:
+        if self.warming and self.compiling_path.exists():
+            self.compiling_path.unlink()
+            self.lock.take()
 
     def ready(self, info: dict) -> None:
         write_json(self.ready_path, info)
@@ -75,7 +119,6 @@ class Gate:
         """Block until the sweep says go: {"paused": pids it paused, "compiling": pids left compiling}."""
         while not self.go_path.exists():
             time.sleep(self.poll_s)
-        self.has_go = True
         return json.loads(self.go_path.read_text())
 
     def measured(self) -> None:

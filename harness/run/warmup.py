@@ -83,37 +83,19 @@ def compile_then_wait(cfg, run: dict, s, device, gate) -> list[int]:
     """Compile every graph (a step of each, which trains), restore the run to its start, free the
     step's memory, say ready, wait for the GPU; returns the pids beside the measured steps."""
     snap = snapshot(s, device)
-    gate.watch_compiles()
-    s.phases["warm_s"], s.phases["warm_retried"] = warm_or_retry(cfg, run, s, device, gate, snap)
-    restore(s, snap, device)
-    reset_optimizer(s, cfg, run, device)
-    del snap
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    with gate.warming_up():
+        s.phases["warm_s"] = warm_graphs(s, cfg, run, device)
+        restore(s, snap, device)
+        reset_optimizer(s, cfg, run, device)
+        del snap
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     gate.ready(dict(warm_s=s.phases["warm_s"], compile_cache=compile_cache()))
     t0 = time.perf_counter()
     go = gate.wait()
     s.phases["gate_wait_s"] = time.perf_counter() - t0
     s.phases["compiling_beside"] = len(go.get("compiling", []))
     return list(go.get("paused", [])) + list(go.get("compiling", []))
-
-
-def warm_or_retry(cfg, run: dict, s, device, gate, snap) -> tuple[float, bool]:
-    """The warm-up; out of memory (beside other runs' warm-ups), it frees the step, goes back to
-    the snapshot and runs again holding the sweep's warm lock: the graphs are compiled by then."""
-    t0 = time.perf_counter()
-    try:
-        warm_graphs(s, cfg, run, device)
-        return time.perf_counter() - t0, False
-    except torch.OutOfMemoryError:
-        pass  # retried below, outside the handler, so the failed step's tensors are released
-    s.model.zero_grad(set_to_none=True)
-    restore(s, snap, device)
-    reset_optimizer(s, cfg, run, device)
-    torch.cuda.empty_cache()
-    with gate.warm_lock():
-        warm_graphs(s, cfg, run, device)
-    return time.perf_counter() - t0, True
 
 
 def compile_time(cfg, s, rows: list[dict]) -> float:

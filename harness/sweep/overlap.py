@@ -6,8 +6,10 @@ Each compiles every graph it will need (a training step of each batch shape, the
 of inference and evaluation), puts its weights, random state and optimizer back to where they
 started, frees the step's memory and says it is ready (harness/run/gate.py). One ready run at a
 time gets the GPU: before it measures, every other run's process group is paused (SIGSTOP), but
-for runs inside a compile, which go on compiling on the CPU and wait at the compile's end; so no
-other run puts work on the GPU beside the measured steps. They resume when its timed part ends.
+for runs inside a compile, which go on compiling on the CPU; GPU work, in warm-ups and measured
+steps alike, needs .runs/gpu.lock, which the sweep holds for the measured run, so no other run
+puts work on the GPU beside the measured steps and no two steps' memory peaks coincide. The
+others resume when its timed part ends.
 A run compiles once, in the process that measures it; no graph is compiled twice.
 
 Runs that share their graphs (the seeds of one configuration) start one after the other, so the
@@ -73,6 +75,7 @@ class Overlap:
         self.start = start or (lambda run, alone: processes.start(
             sweep.folder, sweep.cfg, run, processes.compile_threads_env(workers), gate=True,
             log_path=processes.run_files(sweep.folder, run)[2]))
+        self.lock = gates.GpuLock(gates.lock_path(sweep.folder / ".runs"))
         self.active: dict[str, Slot] = {}
         self.retry: list[dict] = []
         self.record: dict[str, dict] = {}
@@ -168,7 +171,8 @@ class Overlap:
         if not ready:
             return
         slot = ready[0]
-        gates.measuring_flag(self.sweep.folder / ".runs").write_text("")
+        if not self.lock.take(block=False):  # a warm-up's step is on the GPU: next time round
+            return
         others = [s for s in self.active.values() if s is not slot]
         compiling = [s for s in others if gates.files(self.stem(s))[3].exists()]
         for other in others:
@@ -179,6 +183,6 @@ class Overlap:
         slot.state, slot.t_go = "measuring", time.perf_counter()
 
     def resume_all(self) -> None:
-        gates.measuring_flag(self.sweep.folder / ".runs").unlink(missing_ok=True)
         for slot in self.active.values():
             slot.pause(False)
+        self.lock.give()
