@@ -1,6 +1,7 @@
 """Where a sweep's time went, from its manifest alone: each run's wall time split into setup,
 compile (training graph, no-grad graph), steps and inference; compile-cache hits; the sweep's
-wall time and its precompile phase. show prints it and report.md carries it."""
+wall time, and how its runs compiled (side by side, or the GPU pool's precompile phase). show
+prints it and report.md carries it."""
 from __future__ import annotations
 
 import math
@@ -42,7 +43,7 @@ def timing_table(manifest: dict) -> pd.DataFrame:
 
 
 def sweep_time(manifest: dict) -> str:
-    """One line: the sweep's wall time, and its precompile phase if it had one."""
+    """One line: the sweep's wall time, and how its runs compiled (side by side, or a precompile phase)."""
     def minutes(m):
         return (datetime.fromisoformat(m["finished"]) - datetime.fromisoformat(m["created"])).total_seconds() / 60
     line = ""
