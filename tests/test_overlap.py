@@ -205,6 +205,7 @@ def test_out_of_memory_beside_others_is_retried_alone(tmp_path, fake_pause):
     assert launches == [("sdpa", False), ("baseline", False), ("baseline", True)]
     assert sorted(sweep.ended) == sorted([("0_sdpa_s0", "ok"), ("1_baseline_s0", "ok")])
     assert record["results"]["1_baseline_s0"]["alone"]
+    assert record["results"]["1_baseline_s0"]["first_attempt"] == "fake"  # why the shared attempt failed
 
 
 def test_pause_stops_and_resumes_a_real_process_group():

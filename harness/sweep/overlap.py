@@ -145,9 +145,11 @@ class Overlap:
             slot.t_measured = slot.t_measured or time.perf_counter()
             self.resume_all()
         gates.clear(self.stem(slot))
-        self.record[slot.run["run_id"]] = slot.record()
+        first = self.record.get(slot.run["run_id"], {}).get("first_attempt")
+        self.record[slot.run["run_id"]] = dict(slot.record(), **({"first_attempt": first} if first else {}))
         slot.run["overlap"] = self.record[slot.run["run_id"]]
         if res["status"] == "oom" and slot.shared and not slot.alone:
+            self.record[slot.run["run_id"]]["first_attempt"] = (res.get("reason") or "")[:300]
             self.sweep.log(f"  {slot.run['attention']} seq_len={slot.run['seq_len']}{plan.run_tags(slot.run)}: "
                            "out of memory beside other runs; it runs again alone at the end", flush=True)
             self.retry.append(slot.run)
