@@ -22,6 +22,7 @@ only far past the memory the device has (RUNNER_REFUSE), and warned about past i
 from __future__ import annotations
 
 RUNTIME_BYTES = 0.5e9
+PROCESS_BYTES = 1.0e9   # a process between steps, beside its weights: CUDA context, loaded kernels
 ACT_BYTES = 94          # bytes a token a layer per unit of E, 16-bit autocast (see above)
 HEADROOM = 0.8          # batch auto fills at most this fraction of the device's memory
 AUTO_TOKENS = 65536     # batch auto stops at this many tokens a step: enough to keep a GPU busy
@@ -51,6 +52,14 @@ def estimate_bytes(n_layer: int, n_embd: int, n_head: int, vocab: int, positions
     scores = n_layer * B * n_head * pairs * PAIR_BYTES.get(attention, 0) * (dtype_bytes / 2)
     logits = B * T * vocab * (dtype_bytes + 8)
     return 16 * n + act + scores + logits + RUNTIME_BYTES
+
+
+def resident_bytes(n_layer: int, n_embd: int, vocab: int, positions: int) -> float:
+    """What a run's process keeps on the device between its steps, once its allocator's cache is
+    emptied: weights, gradients and AdamW's moments (16 bytes a parameter), the CUDA context and
+    the compiled kernels it loaded (PROCESS_BYTES). Runs that compile side by side each keep this;
+    only one adds its step's activations at a time (harness/sweep/overlap.py)."""
+    return 16 * gpt2_params(n_layer, n_embd, vocab, positions) + PROCESS_BYTES
 
 
 def largest_batch(fits, T: int, cap_tokens: int = AUTO_TOKENS) -> int:

@@ -6,7 +6,7 @@ import pytest
 import config
 import main
 from harness.sweep import memory_plan
-from metrics.memory import estimate_bytes, gpt2_params, largest_batch
+from metrics.memory import PROCESS_BYTES, estimate_bytes, gpt2_params, largest_batch, resident_bytes
 
 
 def test_gpt2_parameter_count_is_the_checkpoints():
@@ -69,3 +69,10 @@ def test_gpt2_on_a_cpu_is_warned_about_with_the_expected_time(capsys, monkeypatc
     assert "no GPU here; gpt2 on the CPU takes about 4 min per run" in out and "(9 runs here)" in out
     warn_cpu(config.get_preset("smoke"))  # the tiny model: nothing to say
     assert capsys.readouterr().out == ""
+
+
+def test_what_a_run_keeps_between_steps_is_its_weights_optimizer_and_context():
+    args = dict(n_layer=12, n_embd=768, vocab=50257, positions=1024)
+    assert resident_bytes(**args) == 16 * 124_439_808 + PROCESS_BYTES
+    peak = estimate_bytes(n_head=12, B=1, T=1024, attention="sdpa", **args)
+    assert resident_bytes(**args) < peak < resident_bytes(**args) + 8e9  # a small batch adds a few GB

@@ -208,6 +208,41 @@ def test_out_of_memory_beside_others_is_retried_alone(tmp_path, fake_pause):
     assert record["results"]["1_baseline_s0"]["first_attempt"] == "fake"  # why the shared attempt failed
 
 
+def test_runs_start_only_while_their_memory_fits_beside_the_alive_ones(tmp_path, fake_pause):
+    """10 GB resident each, 30 GB more while stepping, on 60 GB: three alive at most (3 x 10 + 30);
+    a run whose step alone needs 70 GB starts only on an empty device."""
+    runs = _runs("sdpa", "linear", "flex", "sliding_window", "gqa", "baseline")
+    for r in runs:
+        r.update(memory_resident_gb=10.0, memory_estimate_gb=80.0 if r["attention"] == "baseline" else 40.0)
+    sweep, beside = FakeSweep(tmp_path, runs), {}
+
+    def start(run, alone):
+        beside[run["attention"]] = sum(p.done is None for p in FakeProc.live)
+        return FakeProc(tmp_path, run, 0.05, 0.01)
+
+    overlap.Overlap(sweep, workers=6, start=start, poll_s=0.005, memory_bytes=60e9).run(runs, 0)
+    assert sorted(sweep.ended) == sorted((r["run_id"], "ok") for r in runs)
+    assert max(beside.values()) == 2 and beside["baseline"] == 0
+    assert overlap.memory_gb(runs[0]) == (10.0, 30.0) and overlap.memory_gb({}) == (0.0, 0.0)
+
+
+def test_a_run_gives_its_cached_memory_back_before_others_step(tmp_path, monkeypatch):
+    """A compile that gives the GPU up, and the end of the measured steps, empty the allocator's
+    cache first: another process's step would otherwise meet this one's reserved peak."""
+    import torch
+    freed = []
+    for name, fn in (("is_available", lambda: True), ("is_initialized", lambda: True),
+                     ("synchronize", lambda: None), ("empty_cache", lambda: freed.append(True)),
+                     ("memory_allocated", lambda: 0)):
+        monkeypatch.setattr(torch.cuda, name, fn)
+    gate = gates.Gate(tmp_path / "r")
+    gate.warming = True
+    gate.compile_started(cuda=True)
+    assert freed == [True] and gate.compiling_path.exists()
+    gate.measured()
+    assert freed == [True, True] and gate.measured_path.exists()
+
+
 def test_pause_stops_and_resumes_a_real_process_group():
     import subprocess
     import sys

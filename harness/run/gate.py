@@ -104,6 +104,7 @@ class Gate:
             return
         idle = not cuda or torch.cuda.memory_allocated() <= self.base_bytes + (1 << 30)
         if idle:  # no step in flight (a graph break mid-step keeps the lock)
+            free_cached(cuda)  # what the last step reserved goes back before another may step
             self.compiling_path.touch()
             self.lock.give()
 
@@ -122,7 +123,21 @@ class Gate:
         return json.loads(self.go_path.read_text())
 
     def measured(self) -> None:
+        """The timed part is over: the memory its steps reserved goes back to the device (the peak
+        statistics stay), then the sweep may resume the others while this run writes its results."""
+        import torch
+        free_cached(torch.cuda.is_available() and torch.cuda.is_initialized())
         write_json(self.measured_path, {"t": time.time()})
+
+
+def free_cached(cuda: bool) -> None:
+    """Give the caching allocator's unused blocks back to the device: a paused or compiling
+    process otherwise keeps its last step's peak reserved, and the next run's step runs out of
+    memory beside it though no two steps run at once."""
+    if cuda:
+        import torch
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 def say_go(stem: Path, paused: list[int], compiling: list[int]) -> None:

@@ -50,7 +50,7 @@ def main(spec_path: str, out_path: str) -> int:
         if spec.get("warm"):
             result.update(train.warm(cfg, run), status="ok")
         else:
-            gate = Gate(spec_path.removesuffix(".spec.json")) if spec.get("gate") else None
+            gate = Gate(spec["gate"]) if spec.get("gate") else None  # the stem of its gate's files
             result.update(train.run(cfg, run, gate=gate), status="ok")
     except Exception as e:  # any failure is a result too; the sweep goes on
         result.update(status_of(e))

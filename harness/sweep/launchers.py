@@ -22,7 +22,7 @@ import time
 
 from harness.errors import UserError
 from harness.run import ddp
-from harness.sweep import overlap, plan, precompile, processes
+from harness.sweep import memory_plan, overlap, plan, precompile, processes
 
 
 class OneAtATime:
@@ -38,7 +38,8 @@ class OneAtATime:
                                sweep.manifest.get("environment", {}).get("gpu_count") or 0)
         if n:
             with self.bar(sweep, len(todo), done) as bar:
-                record = overlap.Overlap(sweep, n, bar=bar).run(todo, done)
+                memory = memory_plan.device_memory(sweep.cfg)[0]
+                record = overlap.Overlap(sweep, n, bar=bar, memory_bytes=memory).run(todo, done)
             sweep.manifest.setdefault("overlap", []).append(record)
             sweep.save()
             return

@@ -7,7 +7,7 @@ import dataclasses
 
 from config import Config
 from harness.run.model import PRETRAINED_POSITIONS, SIZES, vocab_of
-from metrics.memory import AUTO_TOKENS, HEADROOM, estimate_bytes, largest_batch
+from metrics.memory import AUTO_TOKENS, HEADROOM, estimate_bytes, largest_batch, resident_bytes
 
 CPU_BATCH = 2       # batch auto on the CPU: small, as the CPU presets always were
 REFUSE = 2.0        # a run estimated past REFUSE x the device's memory is not started (status oom)
@@ -39,6 +39,12 @@ def estimate(cfg: Config, run: dict, on_gpu: bool) -> float:
                           dtype_bytes(cfg, on_gpu))
 
 
+def resident(cfg: Config, run: dict, on_gpu: bool) -> float:
+    """Bytes the run's process keeps between its steps (metrics/memory.py: resident_bytes)."""
+    n_layer, n_embd, _ = SIZES[run["model"]]
+    return resident_bytes(n_layer, n_embd, vocab_of(run["model"]), max(PRETRAINED_POSITIONS, run["seq_len"]))
+
+
 def resolve_batch(cfg: Config) -> tuple[Config, dict | None]:
     """cfg with batch_size "auto" made a number (and the manifest's record of how), else cfg."""
     if cfg.batch_size != "auto":
@@ -60,8 +66,9 @@ def resolve_batch(cfg: Config) -> tuple[Config, dict | None]:
             f"and length of the plan, at most {AUTO_TOKENS} tokens a step")
 
 
-def check(cfg: Config, runs: list[dict], log=print) -> dict[str, tuple[float, str | None]]:
-    """{run_id: (estimated peak bytes, None or why the run is not started)}; warns past the memory."""
+def check(cfg: Config, runs: list[dict], log=print) -> dict[str, tuple[float, float, str | None]]:
+    """{run_id: (estimated peak bytes, bytes resident between steps, None or why the run is not
+    started)}; warns past the memory."""
     memory, where = device_memory(cfg)
     on_gpu = where.startswith("GPU")
     out = {}
@@ -74,5 +81,5 @@ def check(cfg: Config, runs: list[dict], log=print) -> dict[str, tuple[float, st
         elif est > memory:
             log(f"warning: {r['attention']} seq_len={r['seq_len']} batch={r['batch_size']}: estimated peak "
                 f"{est / 1e9:.1f} GB > {memory / 1e9:.1f} GB ({where}): it may run out of memory")
-        out[r["run_id"]] = (est, why)
+        out[r["run_id"]] = (est, resident(cfg, r, on_gpu), why)
     return out

@@ -154,7 +154,8 @@ def start(folder: Path, cfg, run: dict, env_extra: dict | None = None, log_path:
     spec, out, _ = run_files(folder, run, warm)
     out.unlink(missing_ok=True)
     data = Path(folder) / ".runs" / f"data_{data_key(run)}.pt"
-    write_json(spec, dict(config=cfg.to_dict(), run=run, warm=warm, gate=gate,
+    stem = str(run_stem(folder, run)) if gate else None  # the gate's files (harness/run/gate.py)
+    write_json(spec, dict(config=cfg.to_dict(), run=run, warm=warm, gate=stem,
                           data=str(data) if data.exists() else None))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     if cfg.offline:
