@@ -33,3 +33,14 @@ step() {
   echo "== $name: exit $rc in $(( $(date +%s) - t0 )) s" | tee -a "$WORK/steps.log"
   grep -v "^    step\|Warning\|warn\|DEBUG" "$WORK/$name.log" | tail -15
 }
+
+# A record script's two ends: record_begin NAME after sourcing (the output folder, the machine's
+# record); record_end NAME packs $WORK into $OUT/NAME.tgz, less caches, run files and tensors.
+record_begin() {
+  mkdir -p "${OUT:?set OUT}"
+  record_env "$WORK/env_$1.txt"
+}
+
+record_end() {
+  tar czf "$OUT/$1.tgz" --exclude='.runs' --exclude='*.pt' --exclude='caches' -C "$WORK" .
+}
