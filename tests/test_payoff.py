@@ -127,9 +127,18 @@ def test_memory_frontier():
                       run("baseline", 2048, status="oom", batch_size=8), run("lsh", 512, status="oom"),
                       run("gqa", 512), run("gqa", 1024, status="error")])
     f = memory_frontier(s).set_index(["attention", "batch_size"])
-    assert f.loc[("baseline", 8), ["largest_ok_T", "smallest_oom_T"]].tolist() == [512, 1024]
-    assert f.loc[("lsh", 2), "note"] == "out of memory at every T tried (from T=512)"
-    assert f.loc[("gqa", 2), "note"] == "no oom up to T=512, the frontier is beyond the sweep; error at T=1024"
+    assert f.loc[("baseline", "8"), ["largest_ok_T", "smallest_oom_T"]].tolist() == [512, 1024]
+    assert f.loc[("lsh", "2"), "note"] == "out of memory at every T tried (from T=512)"
+    assert f.loc[("gqa", "2"), "note"] == "no oom up to T=512, the frontier is beyond the sweep; error at T=1024"
+
+
+def test_memory_frontier_of_a_sweep_at_fixed_tokens_a_step_is_one_row_per_mechanism():
+    """The scaling preset's batch is 16384 // T: the frontier holds the tokens a step fixed."""
+    s = pd.DataFrame([run("baseline", T, batch_size=16384 // T, status="oom" if T == 16384 else "ok")
+                      for T in (4096, 8192, 16384)] + [run("sdpa", T, batch_size=16384 // T) for T in (4096, 8192)])
+    f = memory_frontier(s).set_index("attention")
+    assert len(f) == 2 and f.loc["baseline", "batch_size"] == "16384 tokens"
+    assert f.loc["baseline", ["largest_ok_T", "smallest_oom_T"]].tolist() == [8192, 16384]
 
 
 def test_quality_cost_pairs_seeds():

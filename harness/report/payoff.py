@@ -155,11 +155,24 @@ def _frontier_note(g: pd.DataFrame, top, low) -> str:
     return "; ".join([head] + above)
 
 
+def held_fixed(summary: pd.DataFrame) -> pd.Series:
+    """What a frontier holds fixed along T, per row: the batch ("8"), or, where a mechanism's batch
+    changes with T while its tokens a step do not (tokens_per_batch), those tokens ("16384 tokens")."""
+    tokens = summary.batch_size * summary.seq_len
+    keys = [summary.model, summary.attention]
+    by_tokens = (tokens.groupby(keys).transform("nunique") == 1) & (
+        summary.batch_size.groupby(keys).transform("nunique") > 1)
+    return pd.Series(np.where(by_tokens, tokens.astype(int).astype(str) + " tokens",
+                              summary.batch_size.astype(int).astype(str)), index=summary.index)
+
+
 def memory_frontier(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, attention, batch_size): the largest seq_len that ran, the smallest that ran out of
-    memory, the peak GPU memory (and the planner's estimate) at the largest ok T, and a note."""
+    """Per (model, attention, what is held fixed: the batch or the tokens a step): the largest seq_len
+    that ran, the smallest that ran out of memory, the peak GPU memory (and the planner's estimate)
+    at the largest ok T, and a note."""
     rows, none = [], pd.Series(dtype=float)
-    for (model, att, B), g in summary.groupby(["model", "attention", "batch_size"], sort=False):
+    summary = summary.assign(fixed=held_fixed(summary))
+    for (model, att, B), g in summary.groupby(["model", "attention", "fixed"], sort=False):
         ok, oom = g[g.status == "ok"], g[g.status == "oom"]
         top = int(ok.seq_len.max()) if len(ok) else math.nan
         low = int(oom.seq_len.min()) if len(oom) else math.nan

@@ -48,13 +48,14 @@ def speed_lines(summary: pd.DataFrame, against: str) -> list[str]:
 def frontier_lines(summary: pd.DataFrame) -> list[str]:
     f = memory_frontier(summary)
     gpu = f.gpu_memory_mb.notna().any()
-    table = pd.DataFrame({"model": f.model, "attention": f.attention, "batch": f.batch_size,
+    table = pd.DataFrame({"model": f.model, "attention": f.attention, "batch (rows, or tokens a step)": f.batch_size,
                           "largest T that ran (tokens)": f.largest_ok_T.map(_T),
                           "smallest T out of memory (tokens)": f.smallest_oom_T.map(_T),
                           "peak GPU memory there (MB)" if gpu else "memory estimate there (GB)":
                               f.gpu_memory_mb if gpu else f.memory_estimate_gb, "note": f.note})
     return _part("Memory frontier", "The limit lies between the two T columns: the sweep's grid is its resolution, "
-                 "and a smaller batch moves it.", table)
+                 "and a smaller batch moves it. A sweep with tokens_per_batch holds the tokens a step fixed "
+                 "(the batch shrinks as T grows).", table)
 
 
 def synthetic_note(data_source: str | None) -> str | None:
