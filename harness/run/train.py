@@ -10,6 +10,7 @@ result files, its status) is worker.py.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -130,7 +131,14 @@ def prepare(cfg: Config, run: dict, device: torch.device) -> Setup:
 def compiled(wrapped, cfg: Config):
     """torch.compile of the whole model, the same way for every attention. (Compiling each block
     instead, regional compilation, compiled 4x faster on the H200 but ran steps 2x slower.)"""
-    return torch.compile(wrapped) if cfg.compile else wrapped
+    return torch.compile(wrapped, backend=compile_backend()) if cfg.compile else wrapped
+
+
+def compile_backend() -> str:
+    """torch.compile's backend: inductor, unless AB_COMPILE_BACKEND names another (aot_eager traces
+    and builds the forward and backward graphs without generating kernels: the way to tell a
+    Dynamo or AOTAutograd problem from an Inductor one, and what the CPU tests of the overlap use)."""
+    return os.environ.get("AB_COMPILE_BACKEND", "inductor")
 
 
 def fvcore_check(s: Setup) -> dict:
@@ -200,6 +208,7 @@ def run_info(cfg: Config, s: Setup, device, rows: list[dict], energy: float, met
                 metrics=meter.info(), phases=phases, compile_cache=compile_cache())
     info["idle_power_w"] = info["metrics"].get("idle_power_w", math.nan)
     info["other_gpu_processes"] = info["metrics"].get("other_gpu_processes")
+    info["compile_backend"] = compile_backend() if cfg.compile else None
     from attentions.device import emulated
     info["emulated_capability"] = ".".join(map(str, emulated())) if emulated() and device.type == "cuda" else None
     return info
