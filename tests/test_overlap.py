@@ -161,7 +161,7 @@ def test_runs_compile_side_by_side_and_each_measures_with_the_others_paused(tmp_
 
     overlap.order(runs)  # imports the mechanisms (a second) before the clock starts
     t0 = time.perf_counter()
-    record = overlap.Overlap(sweep, workers=4, start=start, poll_s=0.005).run(runs, 0)
+    record = overlap.Overlap(sweep, workers=3, start=start, poll_s=0.005).run(runs, 0)
     wall = time.perf_counter() - t0
     assert sorted(sweep.ended) == sorted((r["run_id"], "ok") for r in runs)
     assert sweep.begun[0].endswith("lsh_s0")                 # the longest compile starts first

@@ -124,10 +124,10 @@ class Overlap:
 
     def admit(self, queue: list[dict]) -> None:
         """Start runs while fewer than `workers` are alive; a run whose graphs a live run is still
-        compiling waits for them, and so does one whose memory does not fit beside theirs. Runs to
-        retry alone start when nothing else is alive."""
-        if any(s.alone for s in self.active.values()):
-            return
+        compiling waits for them, and so does one whose memory does not fit beside theirs; nothing
+        starts while a run measures. Runs to retry alone start when nothing else is alive."""
+        if any(s.alone or s.state == "measuring" for s in self.active.values()):
+            return  # a process starting now would bring up CUDA and load weights beside the measured steps
         while queue and len(self.active) < self.workers:
             compiling = {graph_key(s.run) for s in self.active.values() if s.state == "compiling"}
             run = next((r for r in queue if graph_key(r) not in compiling and self.fits(r)), None)
