@@ -172,12 +172,12 @@ def memory_frontier(summary: pd.DataFrame) -> pd.DataFrame:
     at the largest ok T, and a note."""
     rows, none = [], pd.Series(dtype=float)
     summary = summary.assign(fixed=held_fixed(summary))
-    for (model, att, B), g in summary.groupby(["model", "attention", "fixed"], sort=False):
+    for (model, att, fixed), g in summary.groupby(["model", "attention", "fixed"], sort=False):
         ok, oom = g[g.status == "ok"], g[g.status == "oom"]
         top = int(ok.seq_len.max()) if len(ok) else math.nan
         low = int(oom.seq_len.min()) if len(oom) else math.nan
         at_top = ok[ok.seq_len == top]
-        rows.append(dict(model=model, attention=att, batch_size=B, largest_ok_T=top, smallest_oom_T=low,
+        rows.append(dict(model=model, attention=att, batch_size=fixed, largest_ok_T=top, smallest_oom_T=low,
                          gpu_memory_mb=float(at_top.get("gpu_memory_mb", none).max()),
                          memory_estimate_gb=float(at_top.get("memory_estimate_gb", none).max()),
                          note=_frontier_note(g, top, low)))

@@ -48,7 +48,8 @@ def speed_lines(summary: pd.DataFrame, against: str) -> list[str]:
 def frontier_lines(summary: pd.DataFrame) -> list[str]:
     f = memory_frontier(summary)
     gpu = f.gpu_memory_mb.notna().any()
-    table = pd.DataFrame({"model": f.model, "attention": f.attention, "batch (rows, or tokens a step)": f.batch_size,
+    table = pd.DataFrame({"model": f.model, "attention": f.attention,
+                          "batch (rows, or tokens a step)": f.batch_size,
                           "largest T that ran (tokens)": f.largest_ok_T.map(_T),
                           "smallest T out of memory (tokens)": f.smallest_oom_T.map(_T),
                           "peak GPU memory there (MB)" if gpu else "memory estimate there (GB)":

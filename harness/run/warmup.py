@@ -16,6 +16,7 @@ import time
 import torch
 
 from harness.run.evaluate import evaluate, scheduler
+from harness.run.gate import free_cached
 from harness.run.step import StepTimer, inference_time, train_step
 
 
@@ -88,8 +89,7 @@ def compile_then_wait(cfg, run: dict, s, device, gate) -> list[int]:
         restore(s, snap, device)
         reset_optimizer(s, cfg, run, device)
         del snap
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_cached(device.type == "cuda")
     gate.ready(dict(warm_s=s.phases["warm_s"], compile_cache=compile_cache()))
     t0 = time.perf_counter()
     go = gate.wait()

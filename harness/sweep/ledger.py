@@ -24,9 +24,9 @@ from harness.sweep.plan import plan, run_tags, select_shard, shard_label
 # What a finished run's result info puts into its manifest entry (the last three: torchrun only).
 RUN_INFO = ("kernel", "energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "phases",
             "compile_cache", "attention_params", "dtype", "flops_per_step", "palm_flops_per_token",
-            "peak_tflops", "flops_forward", "flops_fvcore_forward", "flops_fvcore_reason", "fvcore_s", "compile_backend",
-            "device", "other_gpu_processes", "emulated_capability", "eval_loss", "eval_ppl", "eval_accuracy",
-            "recall_accuracy", "eval_loss_start", "train_tokens", "train_s_total", "energy_j_total",
+            "peak_tflops", "flops_forward", "flops_fvcore_forward", "flops_fvcore_reason", "fvcore_s",
+            "compile_backend", "device", "other_gpu_processes", "emulated_capability", "eval_loss", "eval_ppl",
+            "eval_accuracy", "recall_accuracy", "eval_loss_start", "train_tokens", "train_s_total", "energy_j_total",
             "world_size", "gpu_memory_mb_by_rank", "nvml_by_rank")
 
 

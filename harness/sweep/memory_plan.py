@@ -39,7 +39,7 @@ def estimate(cfg: Config, run: dict, on_gpu: bool) -> float:
                           dtype_bytes(cfg, on_gpu))
 
 
-def resident(cfg: Config, run: dict, on_gpu: bool) -> float:
+def resident(run: dict) -> float:
     """Bytes the run's process keeps between its steps (metrics/memory.py: resident_bytes)."""
     n_layer, n_embd, _ = SIZES[run["model"]]
     return resident_bytes(n_layer, n_embd, vocab_of(run["model"]), max(PRETRAINED_POSITIONS, run["seq_len"]))
@@ -66,9 +66,8 @@ def resolve_batch(cfg: Config) -> tuple[Config, dict | None]:
             f"and length of the plan, at most {AUTO_TOKENS} tokens a step")
 
 
-def check(cfg: Config, runs: list[dict], log=print) -> dict[str, tuple[float, float, str | None]]:
-    """{run_id: (estimated peak bytes, bytes resident between steps, None or why the run is not
-    started)}; warns past the memory."""
+def check(cfg: Config, runs: list[dict], log=print) -> dict[str, tuple[float, str | None]]:
+    """{run_id: (estimated peak bytes, None or why the run is not started)}; warns past the memory."""
     memory, where = device_memory(cfg)
     on_gpu = where.startswith("GPU")
     out = {}
@@ -81,5 +80,5 @@ def check(cfg: Config, runs: list[dict], log=print) -> dict[str, tuple[float, fl
         elif est > memory:
             log(f"warning: {r['attention']} seq_len={r['seq_len']} batch={r['batch_size']}: estimated peak "
                 f"{est / 1e9:.1f} GB > {memory / 1e9:.1f} GB ({where}): it may run out of memory")
-        out[r["run_id"]] = (est, resident(cfg, r, on_gpu), why)
+        out[r["run_id"]] = (est, why)
     return out

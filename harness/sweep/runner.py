@@ -78,8 +78,8 @@ def refuse_hopeless(sweep: Sweep) -> None:
     memory ends as oom at once, before minutes are spent finding out."""
     checked = memory_plan.check(sweep.cfg, sweep.pending())  # one device query for all of them
     for run in sweep.pending():
-        est, resident, why = checked[run["run_id"]]
-        run["memory_estimate_gb"], run["memory_resident_gb"] = est / 1e9, resident / 1e9
+        est, why = checked[run["run_id"]]
+        run["memory_estimate_gb"], run["memory_resident_gb"] = est / 1e9, memory_plan.resident(run) / 1e9
         if why:
             sweep.end(run, dict(status="oom", reason=why), time.perf_counter())
     sweep.save()
