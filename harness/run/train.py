@@ -192,6 +192,13 @@ def eval_point(s: Setup, step: int, device, meter: Meter) -> dict:
     return dict(out, step=step, eval_s=time.perf_counter() - t0, eval_energy_j=meter.energy_counter_j() - e0)
 
 
+def eval_line(ev: dict, task: str) -> str:
+    """A progress line for one held-out evaluation: its loss and, on MQAR, its recall."""
+    what = "recall" if task == "recall" else "top-1 accuracy"
+    return (f"    eval at step {ev['step']}: loss {ev['eval_loss']:.3f} nats/token, "
+            f"{what} {ev['eval_accuracy']:.3f} ({ev['eval_tokens']:,} labelled tokens)")
+
+
 def run_info(cfg: Config, s: Setup, device, rows: list[dict], energy: float, meter: Meter) -> dict:
     """The run's manifest entry: kernel, dtype, data, energy, FLOPs, and where its wall time went."""
     tokens = sum(r["tokens"] for r in rows if r["phase"] == "measure")
@@ -248,6 +255,7 @@ def loop(cfg: Config, run: dict, s: Setup, device, timer: StepTimer, meter: Mete
         windows.append(m)
         if s.evals and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
             evals.append(eval_point(s, step + 1, device, meter))
+            log(eval_line(evals[-1], cfg.task), flush=True)
         if (step + 1) % every == 0 or step + 1 == total:
             r = rows[-1]
             log(f"    step {step + 1}/{total} [{phase}] loss {loss:.3f}  {r['train_time_s']:.3f} s  "
@@ -256,6 +264,7 @@ def loop(cfg: Config, run: dict, s: Setup, device, timer: StepTimer, meter: Mete
     energy = meter.energy_counter_j() - e0 - sum(e["eval_energy_j"] for e in evals if e["step"] > cfg.warmup_steps)
     if s.evals:
         evals.append(eval_point(s, total, device, meter))
+        log(eval_line(evals[-1], cfg.task), flush=True)
     for r in rows:  # inference timed after training so it never sits inside the energy window
         r["inference_time_s"] = inference_time(s.step_model, s.batches[r["batch"]], s.dtype, device) \
             if cfg.measure_inference else math.nan
