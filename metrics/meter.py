@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 import statistics
 import time
 
 from metrics.nvml import FIELDS as NVML_FIELDS, GPU_COLUMNS, NvmlReader, torch_device_target
 from metrics.sampler import Sampler, maximum, mean
-from metrics.system import ProcessReader, SeriesReader, step_values
+from metrics.system import ProcessReader, SeriesReader, in_family, step_values
 
 NAN = float("nan")
 ENERGY_MIN_WINDOW_S = 0.1  # NVML's energy counter updates about every 100 ms
@@ -96,9 +97,18 @@ class Meter:
         if self.t_start is None:
             self.t_start = time.perf_counter()
             self.idle_power_w = self._measure_idle()
-            self.others_at_start = self.nvml.other_processes() if self.nvml is not None else None
+            self.others_at_start = self._others()
         self.sampler.start()
         return self
+
+    def _others(self) -> list[dict] | None:
+        """Processes on the GPU now that are neither this run nor the sweep's other runs, nor any
+        process of theirs (compile workers); None where NVML cannot list them."""
+        found = self.nvml.other_processes() if self.nvml is not None else None
+        if found is None:
+            return None
+        family = self.siblings | {os.getpid()}
+        return [p for p in found if not in_family(p["pid"], family)]
 
     def _measure_idle(self) -> float:
         if self.nvml is None or not self.nvml.available or self.idle_s <= 0:
@@ -114,7 +124,7 @@ class Meter:
         """Stop sampling, take one last sample, and complete every step's sampled columns: a
         step's window is only fully covered by samples taken after it ended."""
         self.sampler.stop()
-        self.others_at_stop = self.nvml.other_processes() if self.nvml is not None else None
+        self.others_at_stop = self._others()
         self.sampler.sample_once()
         self._sample_after_counter_update()
         counter = self._counter_points()
@@ -230,8 +240,7 @@ class Meter:
         """Other processes seen on the GPU when the run started or stopped; None: not checked."""
         seen = [p for p in (getattr(self, "others_at_start", None), getattr(self, "others_at_stop", None))
                 if p is not None]
-        return None if not seen else list({p["pid"]: p for ps in seen for p in ps
-                                           if p["pid"] not in self.siblings}.values())
+        return None if not seen else list({p["pid"]: p for ps in seen for p in ps}.values())
 
     def info(self) -> dict:
         """For manifest.json: where each number comes from, and why any column is NaN."""

@@ -126,3 +126,16 @@ def model_size_mb(model) -> float:
         seen.add(id(t))
         total += t.numel() * t.element_size()
     return total / 1e6
+
+
+def in_family(pid: int, roots) -> bool:
+    """Whether process `pid` is one of `roots` or descends from one (psutil's parent chain): a
+    run's own Inductor compile workers, or a paused sibling run's, each hold a CUDA context of
+    their own, and are not another user's work on the GPU. A pid psutil cannot see (gone, or in
+    another container) is not in the family."""
+    roots = set(roots)
+    try:
+        proc = psutil.Process(pid)
+        return pid in roots or any(p.pid in roots for p in proc.parents())
+    except (psutil.Error, OSError):
+        return False

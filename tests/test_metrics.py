@@ -4,12 +4,14 @@ FlopCounterMode, the PaLM formula against a hand count, the peak table."""
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 import types
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -195,6 +197,46 @@ def test_fake_nvml_known_power_and_energy(monkeypatch):
     assert info["nvml_available"] and info["gpu_name"] == "Fake H200"
     assert info["idle_power_w"] == 250.0 and info["power_limit_w"] == 700.0
     assert meter.samples()[0]["gpu_power_w"] == 250.0
+
+
+def _orphan_with_a_child() -> psutil.Process:
+    """A process that is not this one's descendant (its parent exits at once), with a child of
+    its own: a sibling run of the sweep and its compile worker, as the measured run sees them."""
+    code = ("import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, time; "
+            "subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(30)\"]); time.sleep(30)'], "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
+    sibling = psutil.Process(int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout))
+    deadline = time.time() + 10
+    while time.time() < deadline and not sibling.children():
+        time.sleep(0.05)
+    return sibling
+
+
+def test_other_gpu_processes_leave_out_this_runs_and_its_siblings_processes(monkeypatch):
+    """A compile worker of this run or of a paused sibling holds a CUDA context of its own: not
+    another user's work. A process outside both families is reported."""
+    own_worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # this run's child
+    sibling = _orphan_with_a_child()
+    try:
+        sibling_worker = sibling.children()[0].pid
+        foreign = 1  # init: never a descendant of this test or of the sibling
+        pids = [own_worker.pid, sibling.pid, sibling_worker, foreign]
+        nv = fake_pynvml()
+        nv.nvmlDeviceGetComputeRunningProcesses = lambda h: [types.SimpleNamespace(pid=p, usedGpuMemory=549_000_000)
+                                                             for p in pids]
+        nv.nvmlDeviceGetGraphicsRunningProcesses = lambda h: []
+        monkeypatch.setitem(sys.modules, "pynvml", nv)
+        meter = Meter("cpu", interval_s=0.02, nvml_index=0, idle_s=0, siblings=[sibling.pid]).start()
+        meter.stop()
+        assert [p["pid"] for p in meter.info()["other_gpu_processes"]] == [foreign]
+        unnamed = Meter("cpu", interval_s=0.02, nvml_index=0, idle_s=0).start()
+        unnamed.stop()  # without the sibling named, it and its worker are other processes
+        assert sorted(p["pid"] for p in unnamed.info()["other_gpu_processes"]) == sorted(
+            [sibling.pid, sibling_worker, foreign])
+    finally:
+        for p in sibling.children() + [sibling]:
+            p.kill()
+        own_worker.kill()
 
 
 def test_unsupported_energy_is_nan_with_reason(monkeypatch):
