@@ -22,6 +22,7 @@ LR_BY_MODEL = {"gpt2": 6e-4, "gpt2-medium": 3e-4, "gpt2-large": 2.5e-4, "tiny": 
 ALL = "all"
 SINGLE = ["baseline", "flash"]   # the original's only_use_single_attention=True
 PRETRAINED_MAX_POSITIONS = 1024  # GPT-2 checkpoints have 1024 learned positions
+RECALL_VOCAB = 8192               # the MQAR probe's vocabulary by default, as in Zoology (Arora et al. 2023)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Config:
     token_budget: int | None = None          # every run trains on this many tokens (needs tokens_per_batch)
     task: str = "lm"                         # lm: Tulu chat; recall: MQAR (Arora et al. 2023), generated here
     recall_pairs: list[int] = field(default_factory=lambda: [16])  # key-value pairs per MQAR row; a run each
+    recall_vocab: int = RECALL_VOCAB         # MQAR tokens: keys [1, V/2), values [V/2, V), 0 the filler
     # Measurement.
     sample_interval_s: float = 0.05          # background sampler period (NVML, psutil)
     measure_inference: bool = True           # time a no-grad forward of each batch
@@ -281,6 +283,10 @@ def _check_quality(cfg: Config) -> None:
                 if not isinstance(n, int) or n < 1 or 4 * n > T:
                     raise UserError(f"recall_pairs {n!r} at seq_len {T}: need 1 <= pairs <= seq_len / 4 "
                                     "(the pairs, then as many queries)")
+        need = 2 * max(cfg.recall_pairs) + 2  # distinct keys in [1, V/2) and values in [V/2, V) for each row
+        if isinstance(cfg.recall_vocab, bool) or not isinstance(cfg.recall_vocab, int) or cfg.recall_vocab < need:
+            raise UserError(f"recall_vocab must be an integer >= {need} (2 x {max(cfg.recall_pairs)} pairs + 2), "
+                            f"got {cfg.recall_vocab!r}")
 
 
 def validate(cfg: Config) -> Config:

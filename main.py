@@ -110,6 +110,7 @@ def quality_args(a) -> None:
       "(0: at the end only)")
     a("--eval-tokens", type=int, help="held-out tokens per evaluation (0: no evaluation)")
     a("--recall-pairs", help="recall preset: key-value pairs per MQAR row, a comma list")
+    a("--recall-vocab", type=int, help="recall preset: the MQAR vocabulary (keys, values and the filler; 8192)")
     a("--lr", type=_lr, help="AdamW learning rate, or auto (by model size)")
 
 
@@ -135,6 +136,7 @@ def config_from_args(args) -> configs.Config:
                          ("dtype", args.dtype), ("compile", args.compile), ("timeout_s", args.timeout),
                          ("measure_inference", args.inference), ("token_budget", args.token_budget),
                          ("eval_every", args.eval_every), ("eval_tokens", args.eval_tokens), ("lr", args.lr),
+                         ("recall_vocab", args.recall_vocab),
                          ("precompile", _precompile(args.precompile)), ("out", args.out)):
         if value is not None:
             over[field] = value

@@ -1,5 +1,7 @@
 """harness/run/recall.py: the MQAR batches (layout, labels, determinism, validation), the recall
 accuracy (tests/test_recall_learning.py: that exact attention really learns it)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -126,3 +128,24 @@ def test_model_config_is_the_small_probe_gpt2():
     assert recall.model_config(64).vocab_size == recall.VOCAB == 8192
     with pytest.raises(UserError, match="multiple of n_head"):
         recall.model_config(64, n_embd=100, n_head=8)
+
+
+def test_recall_vocab_reaches_the_batches_the_model_and_the_memory_plan():
+    """--recall-vocab: the run's rows draw keys and values from it, its probe model has that
+    vocabulary, the memory estimate counts it; too small a vocabulary for the pairs is an error."""
+    import config
+    from harness.run import batches as run_batches
+    from harness.run import model as models
+    from harness.sweep import memory_plan
+    cfg = config.validate(dataclasses.replace(config.get_preset("recall"), seq_lens=[64], recall_pairs=[4],
+                                              recall_vocab=64, tokens_per_batch=512, batches_per_epoch=6))
+    run = dict(model="mqar", attention="sdpa", seq_len=64, batch_size=8, n_pairs=4)
+    made, stats = run_batches.train_batches(cfg, None, run)
+    ids = torch.cat([b["input_ids"] for b in made])
+    assert stats["vocab"] == 64 and int(ids.max()) < 64 and int(ids.max()) >= 32  # values in [32, 64)
+    model, _ = models.build("mqar", "sdpa", 64, recall_vocab=64)
+    assert model.config.vocab_size == 64 and model.transformer.wte.weight.shape[0] == 64
+    small, default = (memory_plan.estimate(dataclasses.replace(cfg, recall_vocab=v), run, False) for v in (64, 8192))
+    assert small < default
+    with pytest.raises(UserError, match="recall_vocab must be an integer >= 10"):
+        config.validate(dataclasses.replace(cfg, recall_vocab=9))

@@ -29,7 +29,7 @@ def train_batches(cfg, tokenizer, run: dict):
     T, B = run["seq_len"], run["batch_size"]
     if cfg.task == "recall":
         from harness.run import recall
-        return recall.make_recall_batches(T, B, cfg.n_batches, run["n_pairs"], cfg.seed)
+        return recall.make_recall_batches(T, B, cfg.n_batches, run["n_pairs"], cfg.seed, cfg.recall_vocab)
     return data.make_batches(cfg, tokenizer, T, B, cfg.n_batches, split="train")
 
 
@@ -41,7 +41,7 @@ def eval_batches(cfg, tokenizer, run: dict):
     T, B = run["seq_len"], run["batch_size"]
     if cfg.task == "recall":
         from harness.run import recall
-        return recall.make_recall_batches(T, B, n, run["n_pairs"], cfg.seed + EVAL_SEED_OFFSET)
+        return recall.make_recall_batches(T, B, n, run["n_pairs"], cfg.seed + EVAL_SEED_OFFSET, cfg.recall_vocab)
     return data.make_batches(cfg, tokenizer, T, B, n, split="eval")
 
 

@@ -25,9 +25,9 @@ VOCAB = 50257
 PRETRAINED_POSITIONS = 1024
 
 
-def vocab_of(name: str) -> int:
-    """The model's vocabulary: GPT-2's, or the recall probe's."""
-    return recall.VOCAB if name == "mqar" else VOCAB
+def vocab_of(name: str, recall_vocab: int = recall.VOCAB) -> int:
+    """The model's vocabulary: GPT-2's, or the recall probe's (recall_vocab)."""
+    return recall_vocab if name == "mqar" else VOCAB
 
 
 def gpt2_config(name: str, seq_len: int, n_layer: int | None = None):
@@ -59,7 +59,8 @@ def pick_dtype(name: str, device: torch.device) -> tuple[torch.dtype, bool]:
 
 
 def build(name: str, attention: str, seq_len: int, init: str = "random",
-          params: dict | None = None, seed: int = 0, n_layer: int | None = None):
+          params: dict | None = None, seed: int = 0, n_layer: int | None = None,
+          recall_vocab: int = recall.VOCAB):
     """A GPT2LMHeadModel with `attention` installed. Returns (model, effective attention params).
     n_layer: a random-init model of the size's width with that many blocks (compiled_check.py)."""
     if n_layer and init == "pretrained":
@@ -70,7 +71,7 @@ def build(name: str, attention: str, seq_len: int, init: str = "random",
         model = GPT2LMHeadModel.from_pretrained(name, attn_implementation="eager", resid_pdrop=0.0,
                                                 embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
     elif name == "mqar":  # the recall probe's small model (harness/run/recall.py)
-        model = GPT2LMHeadModel(recall.model_config(seq_len, n_layer=n_layer or SIZES[name][0],
+        model = GPT2LMHeadModel(recall.model_config(seq_len, recall_vocab, n_layer=n_layer or SIZES[name][0],
                                                     n_embd=SIZES[name][1], n_head=SIZES[name][2]))
     else:
         model = GPT2LMHeadModel(gpt2_config(name, seq_len, n_layer))

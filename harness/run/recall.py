@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import torch
 
-from config import PRETRAINED_MAX_POSITIONS as PRETRAINED_POSITIONS
+from config import PRETRAINED_MAX_POSITIONS as PRETRAINED_POSITIONS, RECALL_VOCAB
 from harness.errors import UserError
 
-VOCAB = 8192    # the probe model's default vocabulary: 4095 keys, 4096 values
+VOCAB = RECALL_VOCAB  # the probe model's default vocabulary: 4095 keys, 4096 values
 IGNORE = -100   # Hugging Face's ignored label
 
 

@@ -105,7 +105,8 @@ def prepare(cfg: Config, run: dict, device: torch.device) -> Setup:
     evals = to_device(made.get("eval") or [], device)[0]  # under torchrun every rank evaluates all
     model, params = models.build(run["model"], run["attention"], T, cfg.init,
                                  cfg.attention_params.get(run["attention"]), run.get("seed", cfg.seed),
-                                 n_layer=run.get("n_layer"))  # set by benchmarks/compiled_check.py only
+                                 n_layer=run.get("n_layer"),  # set by benchmarks/compiled_check.py only
+                                 recall_vocab=cfg.recall_vocab)
     model.to(device).train()
     c = model.config
     H, D = c.n_head, c.n_embd // c.n_head

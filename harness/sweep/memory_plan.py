@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from config import Config
+from config import RECALL_VOCAB, Config
 from harness.run.model import PRETRAINED_POSITIONS, SIZES, vocab_of
 from metrics.memory import AUTO_TOKENS, HEADROOM, estimate_bytes, largest_batch, resident_bytes
 
@@ -34,15 +34,15 @@ def dtype_bytes(cfg: Config, on_gpu: bool) -> int:
 
 def estimate(cfg: Config, run: dict, on_gpu: bool) -> float:
     n_layer, n_embd, n_head = SIZES[run["model"]]
-    return estimate_bytes(n_layer, n_embd, n_head, vocab_of(run["model"]), max(PRETRAINED_POSITIONS, run["seq_len"]), run["batch_size"],
+    return estimate_bytes(n_layer, n_embd, n_head, vocab_of(run["model"], cfg.recall_vocab), max(PRETRAINED_POSITIONS, run["seq_len"]), run["batch_size"],
                           run["seq_len"], run["attention"], cfg.attention_params.get(run["attention"]),
                           dtype_bytes(cfg, on_gpu))
 
 
-def resident(run: dict) -> float:
+def resident(run: dict, recall_vocab: int = RECALL_VOCAB) -> float:
     """Bytes the run's process keeps between its steps (metrics/memory.py: resident_bytes)."""
     n_layer, n_embd, _ = SIZES[run["model"]]
-    return resident_bytes(n_layer, n_embd, vocab_of(run["model"]), max(PRETRAINED_POSITIONS, run["seq_len"]))
+    return resident_bytes(n_layer, n_embd, vocab_of(run["model"], recall_vocab), max(PRETRAINED_POSITIONS, run["seq_len"]))
 
 
 def resolve_batch(cfg: Config) -> tuple[Config, dict | None]:
