@@ -36,7 +36,7 @@ for s in "$@"; do
   case $s in
     calib)
       C="--attention sdpa --steps 5000 --eval-every 250"
-      side_by_side calib 400 \
+      side_by_side calib 360 \
         "$C --seq-len 256 --recall-pairs 8 --lr 1e-3" \
         "$C --seq-len 256 --recall-pairs 8 --lr 3e-3" \
         "$C --seq-len 1024 --recall-pairs 32 --lr 1e-3" \
