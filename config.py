@@ -141,9 +141,12 @@ PRESETS: dict[str, Config] = {
                                   eval_tokens=65536, measure_inference=False, offline=True,
                                   attention_params={"gqa": {"kv_heads": 2}}),  # the probe has 4 heads
 }
-PRESETS["quality_t4"] = dataclasses.replace(  # the quality preset sized for a 16 GB T4's 30 minutes
+# The quality preset sized for a 16 GB T4's 30 minutes, eager: Colab gives a T4 two CPU cores, where
+# compiling nine models one after the other would cost minutes each, more than a compiled step saves
+# over 60 steps (on a T4 the flex family and lsh run their PyTorch paths anyway, no Triton kernel).
+PRESETS["quality_t4"] = dataclasses.replace(
     PRESETS["quality"], preset="quality_t4", seq_lens=[512], tokens_per_batch=8192, token_budget=8192 * 60,
-    eval_every=20, eval_tokens=16384)
+    eval_every=20, eval_tokens=16384, compile=False)
 
 
 # One preset per GPU tier, for the notebook's PRESET = "gpu" (gpu_preset picks it): gpt2, batch auto
