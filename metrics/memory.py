@@ -17,7 +17,9 @@ estimate itself can be checked.
   runtime               0.5 GB: CUDA context, cuBLAS workspace, allocator slack
 
 An estimate, not a bound: fragmentation and kernel workspaces add to it, so a run is refused
-only far past the memory the device has (RUNNER_REFUSE), and warned about past it.
+only far past the memory the device has (memory_plan.REFUSE), and warned about past it. floor_bytes
+is a bound: what the step must hold at once whatever the allocator does, so a run whose floor is
+over the device's memory is refused however close to it.
 """
 from __future__ import annotations
 
@@ -52,6 +54,20 @@ def estimate_bytes(n_layer: int, n_embd: int, n_head: int, vocab: int, positions
     scores = n_layer * B * n_head * pairs * PAIR_BYTES.get(attention, 0) * (dtype_bytes / 2)
     logits = B * T * vocab * (dtype_bytes + 8)
     return 16 * n + act + scores + logits + RUNTIME_BYTES
+
+
+def floor_bytes(n_layer: int, n_embd: int, n_head: int, vocab: int, positions: int, B: int, T: int,
+                attention: str, dtype_bytes: int = 2) -> float:
+    """Bytes one training step must hold at once, at least: weights, gradients and AdamW's moments
+    (16 a parameter), plus, for eager attention (baseline), the probabilities autograd keeps for the
+    backward of every layer: softmax's fp32 output (autocast runs softmax in fp32) and, under 16-bit
+    autocast, its copy in the value's dtype that the second matmul keeps. Nothing else counted."""
+    n = gpt2_params(n_layer, n_embd, vocab, positions)
+    probs = 0.0
+    if attention == "baseline":
+        per_pair = 4 + (dtype_bytes if dtype_bytes < 4 else 0)
+        probs = n_layer * B * n_head * T * T * per_pair
+    return 16 * n + probs
 
 
 def resident_bytes(n_layer: int, n_embd: int, vocab: int, positions: int) -> float:

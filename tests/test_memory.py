@@ -6,7 +6,7 @@ import pytest
 import config
 import main
 from harness.sweep import memory_plan
-from metrics.memory import PROCESS_BYTES, estimate_bytes, gpt2_params, largest_batch, resident_bytes
+from metrics.memory import PROCESS_BYTES, estimate_bytes, floor_bytes, gpt2_params, largest_batch, resident_bytes
 
 
 def test_gpt2_parameter_count_is_the_checkpoints():
@@ -76,3 +76,28 @@ def test_what_a_run_keeps_between_steps_is_its_weights_optimizer_and_context():
     assert resident_bytes(**args) == 16 * 124_439_808 + PROCESS_BYTES
     peak = estimate_bytes(n_head=12, B=1, T=1024, attention="sdpa", **args)
     assert resident_bytes(**args) < peak < resident_bytes(**args) + 8e9  # a small batch adds a few GB
+
+
+# Peaks that eager attention (baseline) reached on the H200 (gpt2, bf16, compiled, 16,384 tokens a
+# step: results/reference/h200/20261202-173933_h200_scaling), GB allocated, by (T, batch).
+BASELINE_H200_GB = {(512, 32): 17.76, (1024, 16): 24.81, (2048, 8): 38.92, (4096, 4): 67.12, (8192, 2): 123.64}
+
+
+def test_the_floor_is_below_every_measured_peak_and_refuses_what_cannot_fit(monkeypatch):
+    """The floor bounds a step from below, so it never exceeds what a run measured; baseline at
+    T = 16384 (batch 1) must hold more than the H200's 150.8 GB, which the estimate (257 GB, under
+    2x) did not refuse: it compiled, then ran out of memory."""
+    args = dict(n_layer=12, n_embd=768, n_head=12, vocab=50257, attention="baseline")
+    for (T, B), measured in BASELINE_H200_GB.items():
+        assert floor_bytes(positions=max(T, 1024), B=B, T=T, **args) / 1e9 <= measured, (T, B)
+    assert floor_bytes(positions=16384, B=1, T=16384, **args) > 150.8e9
+    assert floor_bytes(positions=16384, B=1, T=16384, **dict(args, attention="sdpa")) == 16 * gpt2_params(
+        12, 768, 50257, 16384)  # no stored scores: weights, gradients and moments only
+    monkeypatch.setattr(memory_plan, "device_memory", lambda cfg: (150.8e9, "GPU 0 (NVIDIA H200), NVML"))
+    cfg = config.get_preset("scaling")
+    runs = [dict(run_id=f"{a}{T}", model="gpt2", attention=a, seq_len=T, batch_size=16384 // T)
+            for a in ("baseline", "sdpa") for T in (8192, 16384)]
+    checked = memory_plan.check(cfg, runs, log=lambda *a: None)
+    assert checked["baseline16384"][0] < 2 * 150.8e9  # the estimate alone would have started it
+    assert checked["baseline16384"][1].startswith("not started: it must hold at least 234.")
+    assert [checked[k][1] for k in ("baseline8192", "sdpa8192", "sdpa16384")] == [None] * 3

@@ -7,7 +7,7 @@ import dataclasses
 
 from config import RECALL_VOCAB, Config
 from harness.run.model import PRETRAINED_POSITIONS, SIZES, vocab_of
-from metrics.memory import AUTO_TOKENS, HEADROOM, estimate_bytes, largest_batch, resident_bytes
+from metrics.memory import AUTO_TOKENS, HEADROOM, estimate_bytes, floor_bytes, largest_batch, resident_bytes
 
 CPU_BATCH = 2       # batch auto on the CPU: small, as the CPU presets always were
 REFUSE = 2.0        # a run estimated past REFUSE x the device's memory is not started (status oom)
@@ -37,6 +37,14 @@ def estimate(cfg: Config, run: dict, on_gpu: bool) -> float:
     return estimate_bytes(n_layer, n_embd, n_head, vocab_of(run["model"], cfg.recall_vocab), max(PRETRAINED_POSITIONS, run["seq_len"]), run["batch_size"],
                           run["seq_len"], run["attention"], cfg.attention_params.get(run["attention"]),
                           dtype_bytes(cfg, on_gpu))
+
+
+def floor(cfg: Config, run: dict, on_gpu: bool) -> float:
+    """Bytes the run's step must hold at least (metrics/memory.py: floor_bytes)."""
+    n_layer, n_embd, n_head = SIZES[run["model"]]
+    return floor_bytes(n_layer, n_embd, n_head, vocab_of(run["model"], cfg.recall_vocab),
+                       max(PRETRAINED_POSITIONS, run["seq_len"]), run["batch_size"], run["seq_len"],
+                       run["attention"], dtype_bytes(cfg, on_gpu))
 
 
 def resident(run: dict, recall_vocab: int = RECALL_VOCAB) -> float:
@@ -72,9 +80,13 @@ def check(cfg: Config, runs: list[dict], log=print) -> dict[str, tuple[float, st
     on_gpu = where.startswith("GPU")
     out = {}
     for r in runs:
-        est = estimate(cfg, r, on_gpu)
+        est, least = estimate(cfg, r, on_gpu), floor(cfg, r, on_gpu)
         why = None
-        if est > REFUSE * memory:
+        if least > memory:
+            why = (f"not started: it must hold at least {least / 1e9:.1f} GB at once (weights, gradients, "
+                   f"AdamW's moments and the attention probabilities eager attention keeps for the "
+                   f"backward), over the {memory / 1e9:.1f} GB of the {where}")
+        elif est > REFUSE * memory:
             why = (f"not started: its estimated peak {est / 1e9:.1f} GB is over {REFUSE:g}x the "
                    f"{memory / 1e9:.1f} GB of the {where}")
         elif est > memory:
