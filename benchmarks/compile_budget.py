@@ -2,15 +2,18 @@
 
     python benchmarks/compile_budget.py run --group full_test --target-min 4 --out DIR -- --preset full_test
     python benchmarks/compile_budget.py run --group scaling --target-min 20 --out DIR -- --preset scaling --shard 1/3
+    python benchmarks/compile_budget.py run --group scaling --target-min 20 --out DIR --shared-cache -- ... --shard 2/3
     python benchmarks/compile_budget.py summary DIR
 
 `run` empties a private torch.compile cache (Inductor, AOTAutograd and Triton, under
 DIR/caches/<group>), runs main.py with the arguments after `--` (its results under DIR/results,
 its output in DIR/<group>_<n>.log), and adds a line to DIR/budget.jsonl: the wall time of the
 whole command, runs ok of planned, the results folder, commit and date. A sweep too long for one
-call runs as shards, each from its own cold cache (which only adds work: nothing compiled for
-one shard serves the next). `summary` adds the pieces of each group and sets their sum beside
-the target: a wall/target ratio under 1 meets it.
+call runs as shards: each from its own cold cache (which only adds work: nothing compiled for one
+shard serves the next), or, with --shared-cache, from the cache the group's earlier pieces left,
+emptied only before its first piece: the whole sweep from cold caches, as one command would run
+it where no time limit splits it. `summary` adds the pieces of each group and sets their sum
+beside the target: a wall/target ratio under 1 meets it.
 """
 from __future__ import annotations
 
@@ -49,10 +52,13 @@ def runs_ok(folder: str | None) -> tuple[int, int]:
 def run(args) -> int:
     out = Path(args.out).resolve()
     cache = out / "caches" / args.group
-    shutil.rmtree(cache, ignore_errors=True)  # cold: nothing compiled before this command
-    cache.mkdir(parents=True)
     lines = out / "budget.jsonl"
-    n = sum(1 for ln in lines.read_text().splitlines() if args.group in ln) if lines.exists() else 0
+    n = sum(1 for ln in lines.read_text().splitlines() if json.loads(ln)["group"] == args.group) \
+        if lines.exists() else 0
+    shared = args.shared_cache and n > 0  # a later piece: the sweep's cache so far, cold at its first
+    if not shared:
+        shutil.rmtree(cache, ignore_errors=True)  # cold: nothing compiled before this command
+    cache.mkdir(parents=True, exist_ok=True)
     log = out / f"{args.group}_{n + 1}.log"
     cmd = [sys.executable, "main.py", *args.main_args, "--out", str(out / "results")]
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
@@ -64,11 +70,13 @@ def run(args) -> int:
     ok, planned = runs_ok(folder)
     entry = dict(group=args.group, target_min=args.target_min, wall_s=round(wall, 1), rc=rc, runs_ok=ok,
                  runs=planned, folder=folder and os.path.relpath(folder, out), log=log.name,
+                 cache="shared with the group's earlier pieces" if shared else "cold",
                  command=" ".join(["python", "main.py", *args.main_args]), commit=commit(),
                  date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     with open(lines, "a") as f:
         f.write(json.dumps(entry) + "\n")
-    print(f"{args.group}: rc {rc}, {ok}/{planned} runs ok, {wall / 60:.2f} min from cold caches "
+    print(f"{args.group}: rc {rc}, {ok}/{planned} runs ok, {wall / 60:.2f} min from "
+          f"{'the group' + chr(39) + 's cache so far' if shared else 'cold caches'} "
           f"(target {args.target_min:g} min)")
     return rc
 
@@ -76,9 +84,8 @@ def run(args) -> int:
 def summary(args) -> int:
     """One line per group: its pieces, runs, summed wall time, the target and the ratio."""
     entries = [json.loads(ln) for ln in (Path(args.out) / "budget.jsonl").read_text().splitlines() if ln.strip()]
-    print("| sweep | commands (each from cold caches) | runs ok / planned | wall (min) | target (min) "
-          "| wall / target | met |")
-    print("|---|---|---|---|---|---|---|")
+    print("| sweep | commands | caches | runs ok / planned | wall (min) | target (min) | wall / target | met |")
+    print("|---|---|---|---|---|---|---|---|")
     for group in dict.fromkeys(e["group"] for e in entries):
         es = [e for e in entries if e["group"] == group]
         wall = sum(e["wall_s"] for e in es) / 60
@@ -86,7 +93,9 @@ def summary(args) -> int:
         ok, planned = sum(e["runs_ok"] for e in es), sum(e["runs"] for e in es)
         failed = [e["log"] for e in es if e["rc"] not in (0,)]
         met = "yes" if wall <= target and not failed else "no" + (f" (exit code in {', '.join(failed)})" if failed else "")
-        print(f"| {group} | {len(es)} | {ok} / {planned} | {wall:.2f} | {target:g} | {wall / target:.2f} | {met} |")
+        caches = "one, cold at the first" if any(e.get("cache", "cold") != "cold" for e in es) else "each cold"
+        print(f"| {group} | {len(es)} | {caches} | {ok} / {planned} | {wall:.2f} | {target:g} | {wall / target:.2f} "
+              f"| {met} |")
     return 0
 
 
@@ -97,6 +106,8 @@ def main(argv=None) -> int:
     r.add_argument("--group", required=True, help="the sweep this command is (a piece of)")
     r.add_argument("--target-min", type=float, required=True, help="the group's time target (min)")
     r.add_argument("--out", required=True)
+    r.add_argument("--shared-cache", action="store_true",
+                   help="a later piece of the group keeps the cache its earlier pieces left (cold at the first)")
     r.add_argument("main_args", nargs=argparse.REMAINDER, help="-- then main.py's arguments")
     s = sub.add_parser("summary", help="each group's summed wall time against its target")
     s.add_argument("out")

@@ -1,6 +1,7 @@
 """The attention benchmarks on CPU, tiny: every row is written, ratios are computed from them,
 and the lsh profiler names its implementations' times and top ops (the GPU runs are the device's)."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -91,4 +92,31 @@ def test_compile_budget_times_a_sweep_from_an_emptied_cache_and_sums_its_pieces(
     (tmp_path / "budget.jsonl").write_text("".join(json.dumps(dict(entry, wall_s=w, group="s")) + "\n" for w in (30, 60)))
     compile_budget.summary(type("A", (), {"out": str(tmp_path)}))
     row = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| s |")][0]
-    assert row.split("|")[2:7] == [" 2 ", " 2 / 2 ", " 1.50 ", " 0.001 ", " 1500.00 "] and row.endswith("| no |")
+    assert row.split("|")[2:8] == [" 2 ", " each cold ", " 2 / 2 ", " 1.50 ", " 0.001 ", " 1500.00 "]
+    assert row.endswith("| no |")
+
+
+def test_compile_budget_pieces_of_one_sweep_can_share_its_cache(tmp_path, monkeypatch):
+    """--shared-cache: the group's first piece starts cold, a later one keeps what the earlier left
+    (the sweep as one command would run), and each entry says which it was."""
+    from benchmarks import compile_budget
+    seen = []
+
+    def fake_run(cmd, cwd, env, stdout, stderr):
+        cache = Path(env["TORCHINDUCTOR_CACHE_DIR"])
+        seen.append(sorted(p.name for p in cache.iterdir()) if cache.exists() else [])
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / f"graph{len(seen)}").touch()  # what this piece compiled
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(compile_budget.subprocess, "run", fake_run)
+    monkeypatch.setattr(compile_budget, "commit", lambda: "abc")
+    stale = tmp_path / "caches" / "g" / "inductor" / "stale"
+    stale.mkdir(parents=True)
+    for _ in range(3):
+        compile_budget.main(["run", "--group", "g", "--target-min", "1", "--out", str(tmp_path), "--shared-cache",
+                             "--", "--preset", "smoke"])
+    compile_budget.main(["run", "--group", "g", "--target-min", "1", "--out", str(tmp_path), "--", "--preset", "smoke"])
+    assert seen == [[], ["graph1"], ["graph1", "graph2"], []]  # stale emptied first; the last one cold again
+    caches = [json.loads(x)["cache"] for x in (tmp_path / "budget.jsonl").read_text().splitlines()]
+    assert caches == ["cold", "shared with the group's earlier pieces", "shared with the group's earlier pieces", "cold"]
