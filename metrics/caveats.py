@@ -30,6 +30,21 @@ def _finite(x) -> bool:
     return isinstance(x, numbers.Real) and math.isfinite(x)
 
 
+def no_recall_caveat(recall, pairs, queries=None) -> str | None:
+    """A recall run that learnt no recall: at or below 1 / n_pairs, or above it by less than two
+    binomial standard errors over its held-out queries (then a lucky draw, not recall)."""
+    if not (_finite(recall) and _finite(pairs) and pairs > 0):
+        return None
+    floor = 1 / pairs
+    margin = 2 * math.sqrt(floor * (1 - floor) / queries) if _finite(queries) and queries > 0 else 0.0
+    if recall > floor + margin:
+        return None
+    where = "at or below" if recall <= floor else \
+        f"within 2 standard errors (+{margin:.3f} over {int(queries):,} held-out queries) of"
+    return (f"recall {recall:.3f} is {where} 1 / n_pairs = {floor:.3f}, what a model scores that knows a "
+            "row's values but not which key each belongs to: no recall learnt")
+
+
 def caveats(row: dict, run: dict, energy_flags: list[str] = ()) -> list[str]:
     """row: the run's summary row (medians, _lo/_hi, n_measured); run: its manifest entry."""
     out = []
@@ -54,10 +69,10 @@ def caveats(row: dict, run: dict, energy_flags: list[str] = ()) -> list[str]:
     if run.get("emulated_capability"):
         out.append(f"emulated compute capability {run['emulated_capability']}: that GPU's code paths, "
                    "not its speed or memory")
-    recall, pairs = row.get("recall_accuracy"), row.get("n_pairs") or run.get("n_pairs")
-    if _finite(recall) and _finite(pairs) and pairs > 0 and recall <= 1 / pairs:
-        out.append(f"recall {recall:.3f} is at or below 1 / n_pairs = {1 / pairs:.3f}, what a model scores "
-                   "that knows a row's values but not which key each belongs to: no recall learnt")
+    no_recall = no_recall_caveat(row.get("recall_accuracy"), row.get("n_pairs") or run.get("n_pairs"),
+                                 run.get("eval_labelled"))
+    if no_recall:
+        out.append(no_recall)
     compiled = (run.get("phases") or {}).get("graphs_compiled_measuring") or 0
     if compiled > 0:
         out.append(f"compiled {compiled} graph{'s' if compiled > 1 else ''} during its measured steps: "

@@ -32,5 +32,16 @@ def test_recall_above_the_no_recall_plateau_needs_no_caveat():
     assert caveats(dict(CLEAN, recall_accuracy=np.float64(0.1), n_pairs=np.int64(8)), GPU_RUN, ["ok"] * 30)
 
 
+def test_recall_within_noise_of_the_plateau_is_no_recall():
+    """0.27 over 512 held-out queries at 4 pairs is 1 standard error above 0.25 (a CPU run that
+    never left the plateau): no recall learnt; the same over 20,000 queries is recall."""
+    row = dict(CLEAN, recall_accuracy=0.27, n_pairs=4)
+    (got,) = caveats(row, dict(GPU_RUN, eval_labelled=512), ["ok"] * 30)
+    assert got.startswith("recall 0.270 is within 2 standard errors (+0.038 over 512 held-out queries) of "
+                          "1 / n_pairs = 0.250") and got.endswith("no recall learnt")
+    assert caveats(row, dict(GPU_RUN, eval_labelled=20_000), ["ok"] * 30) == []
+    assert caveats(row, GPU_RUN, ["ok"] * 30) == []  # the count unknown (an older manifest): 1 / n_pairs only
+
+
 def test_a_cpu_run_is_a_fallback_whatever_its_kernel():
     assert caveats(CLEAN, dict(GPU_RUN, kernel="eager", device="cpu"))[0].startswith("fallback kernel: eager on cpu")
