@@ -6,8 +6,9 @@
 # everything but caches lands in $OUT/<first step>.tgz.
 #   OUT=/some/dir BUDGET_S=570 bash results/reference/h200/records/2026-12-07_recall.sh calib gpu_tests
 # Steps:
-#   calib       sdpa on the recall preset, 8 configurations side by side on the one GPU (their step
-#               times are not measurements), held-out recall every 250 steps: T, pairs, lr, vocabulary
+#   calib       sdpa on the recall preset, 6 configurations side by side on the one GPU (their step
+#               times are not measurements), 256 rows a step (64 at T 1024), held-out recall every
+#               250 steps, each cut at 6 min: T, pairs, vocabulary, lr
 #   gpu_tests   the GPU-only tests of the overlap (tests/test_sweep.py, tests/test_overlap.py)
 #   t4_emulated quality_t4, seed 0 (--shard 1/3), the T4's code paths in fp16
 #   table       the recall preset, all nine, MQAR_STEPS steps at lr MQAR_LR, MQAR_SHARDS shards
@@ -35,16 +36,14 @@ side_by_side() {  # side_by_side NAME SECONDS "ARGS" "ARGS" ...: one main.py eac
 for s in "$@"; do
   case $s in
     calib)
-      C="--attention sdpa --steps 5000 --eval-every 250"
+      C="--attention sdpa --steps 6000 --eval-every 250 --eval-tokens 32768 --lr 1e-3"
       side_by_side calib 360 \
-        "$C --seq-len 256 --recall-pairs 8 --lr 1e-3" \
-        "$C --seq-len 256 --recall-pairs 8 --lr 3e-3" \
-        "$C --seq-len 1024 --recall-pairs 32 --lr 1e-3" \
-        "$C --seq-len 256 --recall-pairs 8 --lr 1e-3 --recall-vocab 1024" \
-        "$C --seq-len 256 --recall-pairs 32 --lr 1e-3 --recall-vocab 1024" \
-        "$C --seq-len 1024 --recall-pairs 32 --lr 1e-3 --recall-vocab 1024" \
-        "$C --seq-len 1024 --recall-pairs 8 --lr 1e-3 --recall-vocab 1024" \
-        "$C --seq-len 256 --recall-pairs 8 --lr 1e-3 --recall-vocab 256" ;;
+        "$C --seq-len 64 --recall-pairs 4 --recall-vocab 256 --tokens-per-batch 16384" \
+        "$C --seq-len 64 --recall-pairs 4 --tokens-per-batch 16384" \
+        "$C --seq-len 256 --recall-pairs 8 --recall-vocab 1024 --tokens-per-batch 65536" \
+        "$C --seq-len 256 --recall-pairs 8 --tokens-per-batch 65536" \
+        "$C --seq-len 256 --recall-pairs 8 --recall-vocab 1024 --tokens-per-batch 65536 --lr 3e-3" \
+        "$C --seq-len 1024 --recall-pairs 32 --recall-vocab 1024 --tokens-per-batch 65536" ;;
     gpu_tests) step gpu_tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_overlap.py tests/test_sweep.py -k "gpu or pause" ;;
     t4_emulated) step t4_emulated 150 env AB_EMULATE_CAPABILITY=7.5 python3 main.py --preset quality_t4 --offline \
                    --dtype fp16 --shard 1/3 --out "$WORK/t4" ;;
