@@ -8,7 +8,7 @@
 # Steps:
 #   calib       sdpa on the recall preset, 6 configurations side by side on the one GPU (their step
 #               times are not measurements), 256 rows a step (64 at T 1024), held-out recall every
-#               250 steps, each cut at 6 min: T, pairs, vocabulary, lr
+#               250 steps, each cut at 5 min: T, pairs, vocabulary, lr
 #   gpu_tests   the GPU-only tests of the overlap (tests/test_sweep.py, tests/test_overlap.py)
 #   t4_emulated quality_t4, seed 0 (--shard 1/3), the T4's code paths in fp16
 #   table       the recall preset, all nine, MQAR_STEPS steps at lr MQAR_LR, MQAR_SHARDS shards
@@ -37,7 +37,7 @@ for s in "$@"; do
   case $s in
     calib)
       C="--attention sdpa --steps 6000 --eval-every 250 --eval-tokens 32768 --lr 1e-3"
-      side_by_side calib 360 \
+      side_by_side calib 300 \
         "$C --seq-len 64 --recall-pairs 4 --recall-vocab 256 --tokens-per-batch 16384" \
         "$C --seq-len 64 --recall-pairs 4 --tokens-per-batch 16384" \
         "$C --seq-len 256 --recall-pairs 8 --recall-vocab 1024 --tokens-per-batch 65536" \
