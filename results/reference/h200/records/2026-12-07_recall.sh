@@ -7,8 +7,9 @@
 #   OUT=/some/dir BUDGET_S=570 bash results/reference/h200/records/2026-12-07_recall.sh calib gpu_tests
 # Steps:
 #   calib       sdpa on the recall preset, 6 configurations side by side on the one GPU (their step
-#               times are not measurements), 256 rows a step (64 at T 1024), held-out recall every
-#               250 steps, each cut at 5 min: T, pairs, vocabulary, lr
+#               times are not measurements), 128 rows a step (64 at T 1024), held-out recall every
+#               250 steps, each cut at 5 min: T, pairs, vocabulary (64 and 128, as the CPU showed at
+#               T 32 and 64, against the preset's 8192), lr
 #   gpu_tests   the GPU-only tests of the overlap (tests/test_sweep.py, tests/test_overlap.py)
 #   t4_emulated quality_t4, seed 0 (--shard 1/3), the T4's code paths in fp16
 #   table       the recall preset, all nine, MQAR_STEPS steps at lr MQAR_LR, MQAR_SHARDS shards
@@ -38,12 +39,12 @@ for s in "$@"; do
     calib)
       C="--attention sdpa --steps 6000 --eval-every 250 --eval-tokens 32768 --lr 1e-3"
       side_by_side calib 300 \
-        "$C --seq-len 64 --recall-pairs 4 --recall-vocab 256 --tokens-per-batch 16384" \
-        "$C --seq-len 64 --recall-pairs 4 --tokens-per-batch 16384" \
-        "$C --seq-len 256 --recall-pairs 8 --recall-vocab 1024 --tokens-per-batch 65536" \
-        "$C --seq-len 256 --recall-pairs 8 --tokens-per-batch 65536" \
-        "$C --seq-len 256 --recall-pairs 8 --recall-vocab 1024 --tokens-per-batch 65536 --lr 3e-3" \
-        "$C --seq-len 1024 --recall-pairs 32 --recall-vocab 1024 --tokens-per-batch 65536" ;;
+        "$C --seq-len 256 --recall-pairs 8 --recall-vocab 64 --tokens-per-batch 32768" \
+        "$C --seq-len 256 --recall-pairs 16 --recall-vocab 64 --tokens-per-batch 32768" \
+        "$C --seq-len 256 --recall-pairs 8 --recall-vocab 64 --tokens-per-batch 32768 --lr 3e-3" \
+        "$C --seq-len 256 --recall-pairs 8 --tokens-per-batch 32768" \
+        "$C --seq-len 1024 --recall-pairs 32 --recall-vocab 128 --tokens-per-batch 65536" \
+        "$C --seq-len 1024 --recall-pairs 8 --recall-vocab 64 --tokens-per-batch 65536" ;;
     gpu_tests) step gpu_tests 120 python3 -m pytest -q -rs -p no:cacheprovider tests/test_overlap.py tests/test_sweep.py -k "gpu or pause" ;;
     t4_emulated) step t4_emulated 150 env AB_EMULATE_CAPABILITY=7.5 python3 main.py --preset quality_t4 --offline \
                    --dtype fp16 --shard 1/3 --out "$WORK/t4" ;;
