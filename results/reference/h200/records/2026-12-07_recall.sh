@@ -8,7 +8,7 @@
 # Steps:
 #   calib       sdpa on the recall preset, 6 configurations side by side on the one GPU (their step
 #               times are not measurements), 128 rows a step (64 at T 1024), held-out recall every
-#               250 steps, each cut at 5 min: T, pairs, vocabulary (64 and 128, as the CPU showed at
+#               250 steps, each cut at 4 min: T, pairs, vocabulary (64 and 128, as the CPU showed at
 #               T 32 and 64, against the preset's 8192), lr
 #   gpu_tests   the GPU-only tests of the overlap (tests/test_sweep.py, tests/test_overlap.py)
 #   t4_emulated quality_t4, seed 0 (--shard 1/3), the T4's code paths in fp16
@@ -38,7 +38,7 @@ for s in "$@"; do
   case $s in
     calib)
       C="--attention sdpa --steps 6000 --eval-every 250 --eval-tokens 32768 --lr 1e-3"
-      side_by_side calib 300 \
+      side_by_side calib 240 \
         "$C --seq-len 256 --recall-pairs 8 --recall-vocab 64 --tokens-per-batch 32768" \
         "$C --seq-len 256 --recall-pairs 16 --recall-vocab 64 --tokens-per-batch 32768" \
         "$C --seq-len 256 --recall-pairs 8 --recall-vocab 64 --tokens-per-batch 32768 --lr 3e-3" \
