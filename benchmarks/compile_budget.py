@@ -75,8 +75,8 @@ def run(args) -> int:
                  date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     with open(lines, "a") as f:
         f.write(json.dumps(entry) + "\n")
-    print(f"{args.group}: rc {rc}, {ok}/{planned} runs ok, {wall / 60:.2f} min from "
-          f"{'the group' + chr(39) + 's cache so far' if shared else 'cold caches'} "
+    source = "the group's cache so far" if shared else "cold caches"
+    print(f"{args.group}: rc {rc}, {ok}/{planned} runs ok, {wall / 60:.2f} min from {source} "
           f"(target {args.target_min:g} min)")
     return rc
 

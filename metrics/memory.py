@@ -63,11 +63,10 @@ def floor_bytes(n_layer: int, n_embd: int, n_head: int, vocab: int, positions: i
     backward of every layer: softmax's fp32 output (autocast runs softmax in fp32) and, under 16-bit
     autocast, its copy in the value's dtype that the second matmul keeps. Nothing else counted."""
     n = gpt2_params(n_layer, n_embd, vocab, positions)
-    probs = 0.0
-    if attention == "baseline":
-        per_pair = 4 + (dtype_bytes if dtype_bytes < 4 else 0)
-        probs = n_layer * B * n_head * T * T * per_pair
-    return 16 * n + probs
+    if attention != "baseline":
+        return 16 * n
+    per_pair = 4 + (dtype_bytes if dtype_bytes < 4 else 0)
+    return 16 * n + n_layer * B * n_head * STORED_PAIRS["baseline"](T, {}) * per_pair
 
 
 def resident_bytes(n_layer: int, n_embd: int, vocab: int, positions: int) -> float:

@@ -111,6 +111,6 @@ def quality_info(cfg, rows: list[dict], evals: list[dict]) -> dict:
     acc = last.get("eval_accuracy", math.nan)
     return dict(eval_loss=last.get("eval_loss", math.nan), eval_ppl=last.get("eval_ppl", math.nan),
                 eval_accuracy=acc, recall_accuracy=acc if cfg.task == "recall" else math.nan,
-                eval_labelled=last.get("eval_tokens", 0),  # the labelled tokens (MQAR: queries) it scored
+                eval_labelled=last.get("eval_tokens", math.nan),  # labelled tokens (MQAR: queries) scored
                 eval_loss_start=first.get("eval_loss", math.nan), train_tokens=sum(r["tokens"] for r in rows),
                 train_s_total=last.get("train_s_cum", math.nan), energy_j_total=last.get("energy_j_cum", math.nan))

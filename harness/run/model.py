@@ -25,7 +25,7 @@ VOCAB = 50257
 PRETRAINED_POSITIONS = 1024
 
 
-def vocab_of(name: str, recall_vocab: int = recall.VOCAB) -> int:
+def vocab_of(name: str, recall_vocab: int) -> int:
     """The model's vocabulary: GPT-2's, or the recall probe's (recall_vocab)."""
     return recall_vocab if name == "mqar" else VOCAB
 

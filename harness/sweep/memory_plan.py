@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from config import RECALL_VOCAB, Config
+from config import Config
 from harness.run.model import PRETRAINED_POSITIONS, SIZES, vocab_of
 from metrics.memory import AUTO_TOKENS, HEADROOM, estimate_bytes, floor_bytes, largest_batch, resident_bytes
 
@@ -32,25 +32,27 @@ def dtype_bytes(cfg: Config, on_gpu: bool) -> int:
     return 4 if cfg.dtype == "fp32" or not on_gpu else 2
 
 
-def estimate(cfg: Config, run: dict, on_gpu: bool) -> float:
+def model_shape(cfg: Config, run: dict) -> tuple[int, int, int, int, int]:
+    """(n_layer, n_embd, n_head, vocab, positions) of the run's model, as the memory formulas take them."""
     n_layer, n_embd, n_head = SIZES[run["model"]]
-    return estimate_bytes(n_layer, n_embd, n_head, vocab_of(run["model"], cfg.recall_vocab), max(PRETRAINED_POSITIONS, run["seq_len"]), run["batch_size"],
-                          run["seq_len"], run["attention"], cfg.attention_params.get(run["attention"]),
-                          dtype_bytes(cfg, on_gpu))
+    return n_layer, n_embd, n_head, vocab_of(run["model"], cfg.recall_vocab), max(PRETRAINED_POSITIONS, run["seq_len"])
+
+
+def estimate(cfg: Config, run: dict, on_gpu: bool) -> float:
+    return estimate_bytes(*model_shape(cfg, run), run["batch_size"], run["seq_len"], run["attention"],
+                          cfg.attention_params.get(run["attention"]), dtype_bytes(cfg, on_gpu))
 
 
 def floor(cfg: Config, run: dict, on_gpu: bool) -> float:
     """Bytes the run's step must hold at least (metrics/memory.py: floor_bytes)."""
-    n_layer, n_embd, n_head = SIZES[run["model"]]
-    return floor_bytes(n_layer, n_embd, n_head, vocab_of(run["model"], cfg.recall_vocab),
-                       max(PRETRAINED_POSITIONS, run["seq_len"]), run["batch_size"], run["seq_len"],
-                       run["attention"], dtype_bytes(cfg, on_gpu))
+    return floor_bytes(*model_shape(cfg, run), run["batch_size"], run["seq_len"], run["attention"],
+                       dtype_bytes(cfg, on_gpu))
 
 
-def resident(run: dict, recall_vocab: int = RECALL_VOCAB) -> float:
+def resident(cfg: Config, run: dict) -> float:
     """Bytes the run's process keeps between its steps (metrics/memory.py: resident_bytes)."""
-    n_layer, n_embd, _ = SIZES[run["model"]]
-    return resident_bytes(n_layer, n_embd, vocab_of(run["model"], recall_vocab), max(PRETRAINED_POSITIONS, run["seq_len"]))
+    n_layer, n_embd, _, vocab, positions = model_shape(cfg, run)
+    return resident_bytes(n_layer, n_embd, vocab, positions)
 
 
 def resolve_batch(cfg: Config) -> tuple[Config, dict | None]:

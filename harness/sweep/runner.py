@@ -80,7 +80,7 @@ def refuse_hopeless(sweep: Sweep) -> None:
     for run in sweep.pending():
         est, why = checked[run["run_id"]]
         run["memory_estimate_gb"] = est / 1e9
-        run["memory_resident_gb"] = memory_plan.resident(run, sweep.cfg.recall_vocab) / 1e9
+        run["memory_resident_gb"] = memory_plan.resident(sweep.cfg, run) / 1e9
         if why:
             sweep.end(run, dict(status="oom", reason=why), time.perf_counter())
     sweep.save()
