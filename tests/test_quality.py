@@ -223,3 +223,26 @@ def test_the_recall_preset_trains_on_fresh_rows_at_every_step():
     train, _ = train_batches(cfg, None, small)
     rows = {tuple(r.tolist()) for b in train for r in b["input_ids"]}
     assert cfg.epochs == 1 and len(train) == cfg.steps == 600 and len(rows) == 600 * 4
+
+
+def test_a_recall_sweep_stores_no_rows_and_trains_on_the_generated_ones(tmp_path):
+    from harness.run import recall
+    cfg = config.validate(dataclasses.replace(
+        config.PRESETS["recall"], attentions=["sdpa"], seq_lens=[16], recall_pairs=[2], recall_vocab=16,
+        tokens_per_batch=64, batches_per_epoch=12, warmup_steps=1, eval_every=6, eval_tokens=64,
+        device="cpu", out=str(tmp_path)))
+    swept, sizes = [], []
+    original = recall.RecallBatches.__getitem__
+
+    class Watching(InProcess):
+        def result(self, sweep, run):
+            sizes.extend(p.stat().st_size for p in (sweep.folder / ".runs").glob("data_*.pt"))
+            return super().result(sweep, run)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(recall.RecallBatches, "__getitem__", lambda self, i: swept.append(i) or original(self, i))
+        folder = run_sweep(cfg, launcher=Watching())
+    assert len(sizes) == 1 and sizes[0] < 8192                 # the recipe, not 12 x 3 tensors of 4 x 16
+    summary = store.read_csv(folder / "summary.csv")
+    assert summary["status"].tolist() == ["ok"] and 0 <= summary["recall_accuracy"].iloc[0] <= 1
+    assert store.read_csv(folder / "batches.csv")["tokens"].tolist() == [64] * 12
+    assert set(range(12)) <= set(swept)                         # every training batch was made when read

@@ -149,3 +149,16 @@ def test_recall_vocab_reaches_the_batches_the_model_and_the_memory_plan():
     assert small < default
     with pytest.raises(UserError, match="recall_vocab must be an integer >= 10"):
         config.validate(dataclasses.replace(cfg, recall_vocab=9))
+
+
+def test_any_batch_is_made_alone_and_the_same_in_any_order():
+    long, _ = batches(seed=3, n_batches=50)
+    short, _ = batches(seed=3, n_batches=5)
+    late_first = long[7]["input_ids"].clone()
+    assert torch.equal(long[0]["labels"], short[0]["labels"])       # batch i does not depend on n
+    assert torch.equal(long[4]["input_ids"], short[-1]["input_ids"])
+    assert torch.equal(late_first, long[7]["input_ids"])           # read again after others: the same
+    assert not torch.equal(long[7]["input_ids"], long[8]["input_ids"])
+    assert [b["input_ids"].shape for b in short[1:3]] == [(B, T), (B, T)]
+    with pytest.raises(IndexError):
+        short[5]

@@ -32,6 +32,8 @@ model that has not learnt recall plateaus at).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from config import PRETRAINED_MAX_POSITIONS as PRETRAINED_POSITIONS, RECALL_VOCAB
@@ -99,15 +101,39 @@ def _batch(generator: torch.Generator, seq_len: int, rows: int, n_pairs: int, vo
     return {"input_ids": input_ids, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
 
 
+class RecallBatches(Sequence):
+    """n MQAR batches, each made when it is read: batch i comes from the generator seeded with
+    (seed, i) alone, so any batch can be read in any order, by any process, and is the same every
+    time. Nothing is stored: 6000 steps of 64 rows of 1024 tokens would be 9.4 GB of tensors."""
+
+    def __init__(self, seq_len: int, rows: int, n: int, n_pairs: int, seed: int, vocab: int):
+        self.seq_len, self.rows, self.n, self.n_pairs, self.seed, self.vocab = seq_len, rows, n, n_pairs, seed, vocab
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(f"MQAR batch {i} of {self.n}")
+        i %= self.n
+        generator = torch.Generator().manual_seed((self.seed * _MIX + i) % 2 ** 64)
+        return _batch(generator, self.seq_len, self.rows, self.n_pairs, self.vocab)
+
+
+_MIX = 0x9E3779B97F4A7C15  # odd: (seed, i) -> seed * _MIX + i mod 2**64 differs for every i of one seed
+
+
 def make_recall_batches(seq_len: int, batch_size: int, n_batches: int, n_pairs: int, seed: int,
-                        vocab: int = VOCAB) -> tuple[list[dict], dict]:
+                        vocab: int = VOCAB) -> tuple[RecallBatches, dict]:
     """n_batches MQAR batches of (batch_size, seq_len) long tensors input_ids, labels and
-    attention_mask (all ones), and their stats. The same arguments give the same batches."""
+    attention_mask (all ones), made as they are read (RecallBatches), and their stats. The same
+    arguments give the same batches."""
     check_recall_args(seq_len, batch_size, n_batches, n_pairs, vocab)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
         raise UserError(f"recall probe: seed must be an integer in [0, 2**64), got {seed!r}")
-    generator = torch.Generator().manual_seed(seed)
-    batches = [_batch(generator, seq_len, batch_size, n_pairs, vocab) for _ in range(n_batches)]
+    batches = RecallBatches(seq_len, batch_size, n_batches, n_pairs, seed, vocab)
     stats = {"source": "mqar (generated, Arora et al. 2023)", "n_pairs": n_pairs, "vocab": vocab,
              "seed": seed, "seq_len": seq_len, "batch_size": batch_size, "n_batches": n_batches,
              "tokens": n_batches * batch_size * seq_len,

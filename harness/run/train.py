@@ -20,8 +20,9 @@ import attentions
 from config import Config
 from harness.run import ddp, warmup
 from harness.run import model as models
-from harness.run.batches import run_data
+from harness.run.batches import on_device, run_data, to_device
 from harness.run.evaluate import eval_rows, evaluate, quality_info
+from harness.run.recall import RecallBatches
 from harness.run.step import StepTimer, fault_for, inference_time, train_step
 from harness.run.tokenizer import get_tokenizer
 from harness.run.warmup import (compile_cache, compile_then_wait, compile_time, first_minus_median,
@@ -77,17 +78,11 @@ def load_batches(cfg: Config, run: dict) -> dict:
     """The run's training and held-out batches (batches.run_data): made once by the sweep's parent
     (a file; in memory under torchrun), or here."""
     if run.get("data"):
-        return run["data"] if isinstance(run["data"], dict) else torch.load(run["data"])
+        if isinstance(run["data"], dict):
+            return run["data"]
+        with torch.serialization.safe_globals([RecallBatches]):  # MQAR's batches, made on read
+            return torch.load(run["data"])
     return run_data(cfg, get_tokenizer(cfg.offline) if cfg.task == "lm" else None, run)
-
-
-def to_device(batches: list[dict], device) -> tuple[list[dict], list[int]]:
-    """Batches on the device, and their real-token counts. No mask for a batch without padding:
-    the model then needs no per-step check (a GPU sync)."""
-    real = [int(b["attention_mask"].sum()) for b in batches]  # counted on the host, before the loop
-    batches = [{k: v for k, v in b.items() if k != "attention_mask" or r < v.numel()}
-               for b, r in zip(batches, real)]
-    return [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches], real
 
 
 def prepare(cfg: Config, run: dict, device: torch.device) -> Setup:
@@ -99,9 +94,8 @@ def prepare(cfg: Config, run: dict, device: torch.device) -> Setup:
         raise Unavailable(reason)
     dtype, needs_scaler = models.pick_dtype(cfg.dtype, device)
     made = load_batches(cfg, run)
-    batches = ddp.shard_batches(made["batches"])  # torchrun: this rank's rows of each global batch
+    batches, real = on_device(made["batches"], device)  # torchrun: this rank's rows of each global batch
     T, B = run["seq_len"], batches[0]["input_ids"].shape[0]  # rows this process trains
-    batches, real = to_device(batches, device)
     evals = to_device(made.get("eval") or [], device)[0]  # under torchrun every rank evaluates all
     model, params = models.build(run["model"], run["attention"], T, cfg.init,
                                  cfg.attention_params.get(run["attention"]), run.get("seed", cfg.seed),
@@ -243,8 +237,9 @@ def loop(cfg: Config, run: dict, s: Setup, device, timer: StepTimer, meter: Mete
         phase = "warmup" if step < cfg.warmup_steps else "measure"
         if step == cfg.warmup_steps:
             e0 = meter.energy_counter_j()
+        batch = s.batches[b]  # generated batches are made here, outside the step's window
         with meter.step() as m:
-            loss, marks = train_step(s.step_model, s.batches[b], s.opt, s.scaler, s.dtype, timer,
+            loss, marks = train_step(s.step_model, batch, s.opt, s.scaler, s.dtype, timer,
                                      run["attention"], step, s.fault)
             if device.type == "cuda":
                 torch.cuda.synchronize()  # closes the step's measurement window

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from harness.run.batches import MadeOnRead
 from harness.run.evaluate import evaluate, scheduler
 from harness.run.gate import free_cached
 from harness.run.step import StepTimer, inference_time, train_step
@@ -25,7 +26,9 @@ def signature(batch: dict) -> tuple:
 
 
 def distinct(batches: list[dict]) -> list[dict]:
-    """The first batch of each signature."""
+    """The first batch of each signature (generated batches share one)."""
+    if isinstance(batches, MadeOnRead):
+        return [batches[0]]
     seen = {}
     for b in batches:
         seen.setdefault(signature(b), b)
