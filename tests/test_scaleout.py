@@ -323,3 +323,14 @@ def test_pool_with_real_train_children(tmp_path, monkeypatch):
     b = pd.read_csv(sw.folder / "batches.csv")
     assert b.groupby("run_id").size().tolist() == [cfg.steps] * 2
     assert pd.read_csv(sw.folder / "summary.csv")["gpu"].tolist() == [0, 1]
+
+
+def test_shards_spread_each_mechanisms_lengths_and_keep_seeds_whole():
+    scaling = plan(config.get_preset("scaling"))
+    for k in (1, 2, 3):
+        shard = select_shard(scaling, (k, 3))
+        lengths = {a: sorted(r["seq_len"] for r in shard if r["attention"] == a) for a in config.get_preset("scaling").attention_list()}
+        assert all(len(t) == 2 for t in lengths.values())   # every mechanism, 2 of its 6 lengths
+    quality = plan(config.get_preset("quality"))
+    for k in (1, 2, 3):
+        assert {r["seed"] for r in select_shard(quality, (k, 3))} == {k - 1}

@@ -2,8 +2,8 @@
 deterministic shards.
 
 Repeats are interleaved (A B C A B C) so slow drift of the machine (clocks, thermals) does not
-favour one attention. A run_id keeps the run's index in the full plan, so shards (--shard I/N:
-run index % N == I-1, for a Slurm job array, Ray or Kubernetes) join back by run_id.
+favour one attention. A run_id keeps the run's index in the full plan, so shards (--shard I/N,
+select_shard: for a Slurm job array, Ray or Kubernetes) join back by run_id.
 """
 from __future__ import annotations
 
@@ -55,5 +55,14 @@ def shard_label(shard) -> str | None:
 
 
 def select_shard(runs: list[dict], shard) -> list[dict]:
-    """Runs whose index in the full plan is I-1 mod N: shards 1..N cover the plan exactly once."""
-    return runs if not shard else [r for i, r in enumerate(runs) if i % shard[1] == shard[0] - 1]
+    """Shard I/N of the full plan: the runs dealt to shards 1..N in plan order like cards, each
+    sequence length starting S shards further on (S seeds a configuration): shards cover the plan
+    exactly once; with N = S, shard k is seed k-1 of every configuration; and where N divides the
+    number of mechanisms, a mechanism's lengths still spread over the shards (plain dealing would
+    give each shard whole mechanisms, and one shard all of the slowest one's compiles)."""
+    if not shard:
+        return runs
+    lengths = list(dict.fromkeys(r["seq_len"] for r in runs))
+    seeds = len({r.get("seed") for r in runs})
+    return [r for i, r in enumerate(runs)
+            if (i + seeds * lengths.index(r["seq_len"])) % shard[1] == shard[0] - 1]
