@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# H200, 2026-12-07: the MQAR table (nine mechanisms, three seeds, vocabulary 64) beside the GPU-only
+# H200, 2026-12-07: the MQAR table (nine mechanisms, three seeds, vocabulary 64, 4 pairs, T 64 and 128) beside the GPU-only
 # tests of the overlap, then the compiled scaling sweep in three shards against its 20 min target,
 # the shards sharing one torch.compile cache that is cold at the first (compile_budget.py
 # --shared-cache: as one command would run the sweep). Keep WORK the same over the calls of one
@@ -9,8 +9,8 @@
 #   OUT=/some/dir BUDGET_S=580 WORK=/tmp/ab_0712 bash results/reference/h200/records/2026-12-07_table_and_scaling.sh mqar
 #   OUT=/some/dir BUDGET_S=580 WORK=/tmp/ab_0712 bash .../2026-12-07_table_and_scaling.sh scaling_1
 # Steps:
-#   mqar                 the GPU-only tests in the background; the recall preset at T 64 (4 pairs) then
-#                        T 128 (8 pairs), vocabulary 64, 128 rows a step, MQAR_STEPS steps (2000) at
+#   mqar                 the GPU-only tests in the background; the recall preset at T 64 then
+#                        T 128 (4 pairs each), vocabulary 64, 128 rows a step, MQAR_STEPS steps (2000) at
 #                        lr 1e-3, seeds 0..2, nine shards side by side (recall is the result; their
 #                        step times are not measurements), each length cut at its share of the time
 #   scaling_1..scaling_3 the scaling preset (compiled, T = 512 ... 16384), shard k/3
@@ -52,7 +52,7 @@ for s in "$@"; do
         -k "gpu or pause" &
       tests=$!
       mqar_length mqar_T64 "$(( $(left) / 2 ))" 64 4
-      mqar_length mqar_T128 "$(( $(left) - 25 ))" 128 8
+      mqar_length mqar_T128 "$(( $(left) - 25 ))" 128 4
       wait "$tests" ;;
     scaling_[123]) step $s 200 $B --group scaling --target-min 20 --shared-cache -- --preset scaling --offline \
                      --shard ${s#scaling_}/3 ;;
