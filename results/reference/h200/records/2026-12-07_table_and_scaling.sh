@@ -13,7 +13,11 @@
 #                        T 128 (4 pairs each), vocabulary 64, 128 rows a step, MQAR_STEPS steps (2000) at
 #                        lr 1e-3, seeds 0..2, nine shards side by side (recall is the result; their
 #                        step times are not measurements), each length cut at its share of the time
+#   mqar_T32_calib       the same table at T 32 (MQAR_STEPS steps), beside sdpa alone at T 128, 4 pairs,
+#                        8000 steps, seeds 0..2 (cut at the time left): 3000 steps were too few there
 #   scaling_1..scaling_3 the scaling preset (compiled, T = 512 ... 16384), shard k/3
+# The packed results leave out batches.csv and samples.csv (27 MQAR runs of 3000 steps made 40 MB,
+# past what one call brings back); summary.csv, eval.csv, the manifests and the logs stay.
 set -uo pipefail
 cd "$(dirname "$0")/../../../.."
 OUT=${OUT:-out} WORK=${WORK:-/tmp/ab_$1}
@@ -54,10 +58,23 @@ for s in "$@"; do
       mqar_length mqar_T64 "$(( $(left) / 2 ))" 64 4
       mqar_length mqar_T128 "$(( $(left) - 25 ))" 128 4
       wait "$tests" ;;
+    mqar_T32_calib)
+      for k in 1 2 3; do
+        { echo "\$ $R --attention sdpa --seq-len 128 --recall-pairs 4 ... --seeds $((k - 1))"
+          timeout "$(( $(left) - 25 ))" $R --out "$WORK/calib_T128/$k" --attention sdpa --seq-len 128 --recall-pairs 4 \
+            --recall-vocab 64 --tokens-per-batch 16384 --steps 8000 --lr 1e-3 --seeds $((k - 1)) --eval-every 500 \
+            --eval-tokens 131072; echo "exit $?"; } > "$WORK/calib_T128_$k.log" 2>&1 &
+      done
+      mqar_length mqar_T32 "$(( $(left) - 25 ))" 32 4
+      wait ;;
     scaling_[123]) step $s 200 $B --group scaling --target-min 20 --shared-cache -- --preset scaling --offline \
                      --shard ${s#scaling_}/3 ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
+record_end() {  # gpu_steps.sh's, less the per-batch and per-sample files
+  tar czf "$OUT/$1.tgz" --exclude='.runs' --exclude='*.pt' --exclude='caches' --exclude='batches.csv' \
+    --exclude='samples.csv' -C "$WORK" .
+}
 [ -d "$WORK/budget" ] && python3 benchmarks/compile_budget.py summary "$WORK/budget" > "$WORK/budget/summary.md" 2>&1
 record_end "$1"
