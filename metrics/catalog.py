@@ -98,6 +98,8 @@ RUN_METRICS = [
            "last", higher_is_better=True),
     Metric("recall_accuracy", "fraction", "recall task: share of the queried MQAR values predicted exactly "
            "(held-out rows)", "last", higher_is_better=True),
+    Metric("eval_labelled", "tokens", "labelled tokens of the run's last evaluation (recall task: the held-out "
+           "queries recall_accuracy is over)", "last"),
     Metric("eval_loss_start", "nats/token", "eval_loss before the first step (--init pretrained: what the "
            "swap alone did; needs eval_every > 0)", "last"),
     Metric("train_tokens", "tokens", "tokens the run trained on", "last"),

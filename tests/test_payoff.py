@@ -11,7 +11,7 @@ from pytest import approx
 
 from harness.report.payoff import at_equal, crossover, memory_frontier, quality_cost, \
     seed_interval, speed_ratios, t975
-from harness.report.payoff_md import payoff_section, synthetic_note
+from harness.report.payoff_md import payoff_section, quality_lines, synthetic_note
 from harness.report.tables import fmt
 from harness.report.payoff_plots import pareto_figure, pareto_front, payoff_figures, speedup_figure
 
@@ -279,3 +279,16 @@ def test_a_recall_sweep_gets_a_pareto_figure_per_pair_count():
     assert "pareto_tokens_per_s" not in figs
     one = payoff_figures(pd.DataFrame([r for r in rows if r["n_pairs"] == 8]))
     assert "pareto_tokens_per_s" in one and "pareto_tokens_per_s_p8" not in one
+
+
+def test_the_quality_table_counts_the_seeds_that_learnt_recall():
+    rows = [dict(model="mqar", attention=a, seq_len=64, seed=s, status="ok", eval_loss=0.1, recall_accuracy=r,
+                 n_pairs=4, eval_labelled=4096, repeat=0, batch_size=128)
+            for a, recalls in (("sdpa", (1.0, 0.99, 1.0)), ("lsh", (0.85, 0.252, 0.30)))
+            for s, r in enumerate(recalls)]
+    q = quality_cost(pd.DataFrame(rows)).set_index("attention")
+    assert q.loc["sdpa", "n_learnt"] == 3
+    assert q.loc["lsh", "n_learnt"] == 2                       # 0.252 is within 2 SE (0.014) of 1 / 4
+    assert "| 2 of 3 |" in "\n".join(quality_lines(pd.DataFrame(rows)))
+    old = pd.DataFrame(rows).drop(columns=["n_pairs", "eval_labelled"])   # a folder from before the columns
+    assert math.isnan(quality_cost(old).set_index("attention").loc["lsh", "n_learnt"])

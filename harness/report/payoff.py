@@ -14,6 +14,7 @@ import pandas as pd
 
 from harness.report import plots
 from harness.report.tables import in_order
+from metrics.caveats import no_recall_caveat
 
 KEY = ["model", "seq_len", "attention"]
 # Student t, 97.5% quantile (two-sided 95%) for 1..30 degrees of freedom (scipy may be absent).
@@ -199,7 +200,8 @@ def quality_cost(summary: pd.DataFrame, against: str = "sdpa") -> pd.DataFrame:
                    eval_loss_hi=e.hi, against=against, delta=d.mean, delta_lo=d.lo, delta_hi=d.hi, n_pairs=d.n)
         if "recall_accuracy" in summary:
             r = seed_interval(recall.get((model, T, att), empty))
-            row |= dict(recall_accuracy=r.mean, recall_lo=max(r.lo, 0), recall_hi=min(r.hi, 1), n_recall=r.n)
+            row |= dict(recall_accuracy=r.mean, recall_lo=max(r.lo, 0), recall_hi=min(r.hi, 1), n_recall=r.n,
+                        n_learnt=learnt_recall(g))
         if "eval_loss" not in g:
             note = "not evaluated (no eval_loss column: a folder from before evaluation)"
         elif not (g.status == "ok").any():
@@ -210,6 +212,19 @@ def quality_cost(summary: pd.DataFrame, against: str = "sdpa") -> pd.DataFrame:
                 if e.n else "not evaluated"
         rows.append(row | {"note": note})
     return in_order(pd.DataFrame(rows)).reset_index(drop=True)
+
+
+def learnt_recall(g: pd.DataFrame) -> float:
+    """How many of a configuration's ok runs learnt recall: above the no-recall plateau (1 / n_pairs)
+    by more than two binomial standard errors over their held-out queries (metrics.caveats). A seed's
+    recall is bimodal, the plateau or near 1, so this count says more than a mean over 3 seeds.
+    NaN without n_pairs (a folder from before the column)."""
+    ok = g[(g.status == "ok") & g.recall_accuracy.notna()]
+    if "n_pairs" not in ok or ok.n_pairs.isna().any():
+        return math.nan
+    labelled = ok["eval_labelled"] if "eval_labelled" in ok else pd.Series(math.nan, index=ok.index)
+    return float(sum(no_recall_caveat(float(r), float(p), float(q)) is None
+                     for r, p, q in zip(ok.recall_accuracy, ok.n_pairs, labelled)))
 
 
 def _at_budget(g: pd.DataFrame, by: str, run: list[str]) -> pd.DataFrame:

@@ -79,6 +79,8 @@ def quality_lines(summary: pd.DataFrame, data_source: str | None = None) -> list
     if "recall_accuracy" in q and q.recall_accuracy.notna().any():
         cols["recall accuracy (0-1) [95% t interval]"] = _cells(q.recall_accuracy, q.recall_lo, q.recall_hi,
                                                                 q.n_recall)
+        cols["seeds that learnt recall"] = ["-" if not np.isfinite(k) else f"{int(k)} of {int(n)}"
+                                            for k, n in zip(q.n_learnt, q.n_recall)]
     n, synthetic = int(q.n_seeds.max()), synthetic_note(data_source)
     notes = [synthetic] if synthetic else [] if data_source else \
         ["A quality signal only on real text: a loss from the bundled synthetic sample is none."]
