@@ -246,3 +246,18 @@ def test_a_recall_sweep_stores_no_rows_and_trains_on_the_generated_ones(tmp_path
     assert summary["status"].tolist() == ["ok"] and 0 <= summary["recall_accuracy"].iloc[0] <= 1
     assert store.read_csv(folder / "batches.csv")["tokens"].tolist() == [64] * 12
     assert set(range(12)) <= set(swept)                         # every training batch was made when read
+
+
+def test_a_report_over_seeds_and_lengths_prints_no_pandas_warning(tmp_path):
+    # A summary read back from its CSV is a block per column; the payoff's next new column made
+    # pandas print "DataFrame is highly fragmented" on the user's terminal.
+    import warnings
+    from harness.report.markdown import write_report
+    cfg = config.validate(dataclasses.replace(
+        config.PRESETS["recall"], attentions=["sdpa"], seq_lens=[16, 32], recall_pairs=[2], recall_vocab=16,
+        batch_size=4, batches_per_epoch=8, warmup_steps=1, eval_every=4, eval_tokens=64, seeds=[0, 1],
+        device="cpu", out=str(tmp_path)))
+    folder = run_sweep(cfg, launcher=InProcess())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        assert write_report(folder).exists()

@@ -96,5 +96,6 @@ def load(folder) -> Result:
         for c in ("seq_len", "batch_size", "repeat", "epoch", "batch", "step", "n_measured"):
             if c in df and df[c].notna().all() and len(df):
                 df[c] = df[c].astype(int)
-    return Result(folder, manifest, batches, summary, read_folder_csv(folder / "samples.csv", required=False),
+    # one block per column read is "highly fragmented" to pandas, which warns at the next new column
+    return Result(folder, manifest, batches.copy(), summary.copy(), read_folder_csv(folder / "samples.csv", required=False),
                   read_folder_csv(folder / "eval.csv", required=False))
