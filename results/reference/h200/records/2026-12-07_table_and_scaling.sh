@@ -15,6 +15,9 @@
 #                        step times are not measurements), each length cut at its share of the time
 #   mqar_T32_calib       the same table at T 32 (MQAR_STEPS steps), beside sdpa alone at T 128, 4 pairs,
 #                        8000 steps, seeds 0..2 (cut at the time left): 3000 steps were too few there
+#   mqar_T128            sdpa alone at T 128, 4 pairs, 256 rows a step, lr 3e-3 over a 6000-step schedule
+#                        (the one that learnt by step 500 for seed 0), seeds 0..2 side by side, cut at
+#                        the time left: whether it learns every time before the nine run at T 128
 #   scaling_1..scaling_3 the scaling preset (compiled, T = 512 ... 16384), shard k/3
 # The packed results leave out batches.csv and samples.csv (27 MQAR runs of 3000 steps made 40 MB,
 # past what one call brings back); summary.csv, eval.csv, the manifests and the logs stay.
@@ -66,6 +69,14 @@ for s in "$@"; do
             --eval-tokens 131072; echo "exit $?"; } > "$WORK/calib_T128_$k.log" 2>&1 &
       done
       mqar_length mqar_T32 "$(( $(left) - 25 ))" 32 4
+      wait ;;
+    mqar_T128)
+      for k in 1 2 3; do
+        { echo "\$ $R --attention sdpa --seq-len 128 ... --seeds $((k - 1))"
+          timeout "$(( $(left) - 25 ))" $R --out "$WORK/T128_6000/$k" --attention sdpa --seq-len 128 --recall-pairs 4 \
+            --recall-vocab 64 --tokens-per-batch 32768 --steps 6000 --lr 3e-3 --seeds $((k - 1)) --eval-every 250 \
+            --eval-tokens 65536; echo "exit $?"; } > "$WORK/T128_6000_$k.log" 2>&1 &
+      done
       wait ;;
     scaling_[123]) step $s 200 $B --group scaling --target-min 20 --shared-cache -- --preset scaling --offline \
                      --shard ${s#scaling_}/3 ;;
