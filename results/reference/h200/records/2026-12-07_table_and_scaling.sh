@@ -83,7 +83,9 @@ for s in "$@"; do
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
-record_end() {  # gpu_steps.sh's, less the per-batch and per-sample files
+record_end() {  # gpu_steps.sh's, less the per-batch and per-sample files; says what else is large
+  find "$WORK" -type f -size +1M -not -path '*/caches/*' -not -name batches.csv -not -name samples.csv \
+    -not -name '*.pt' -not -path '*/.runs/*' -exec ls -la {} + | sort -k5 -n | tail -5
   tar czf "$OUT/$1.tgz" --exclude='.runs' --exclude='*.pt' --exclude='caches' --exclude='batches.csv' \
     --exclude='samples.csv' -C "$WORK" .
 }
