@@ -110,7 +110,8 @@ def quality_args(a) -> None:
       "(0: at the end only)")
     a("--eval-tokens", type=int, help="held-out tokens per evaluation (0: no evaluation)")
     a("--recall-pairs", help="recall preset: key-value pairs per MQAR row, a comma list")
-    a("--recall-vocab", type=int, help="recall preset: the MQAR vocabulary (keys, values and the filler; 8192)")
+    a("--recall-vocab", type=int, help="recall task: the MQAR vocabulary (keys, values and the filler; "
+      "8192 by default, 64 in the recall preset)")
     a("--lr", type=_lr, help="AdamW learning rate, or auto (by model size)")
 
 

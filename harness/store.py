@@ -33,8 +33,8 @@ BATCH_COLUMNS = ID_COLUMNS + [m.column for m in METRICS] + FLAG_COLUMNS
 # cross-check, memory estimate, and its held-out quality and budget (harness/run/evaluate.py).
 RUN_NUMBERS = ("energy_j_run", "joules_per_token_run", "idle_power_w", "compile_time_s", "wall_s",
                "flops_forward", "flops_fvcore_forward", "memory_estimate_gb", "eval_loss", "eval_ppl",
-               "eval_accuracy", "recall_accuracy", "eval_labelled", "eval_loss_start", "train_tokens", "train_s_total",
-               "energy_j_total")
+               "eval_accuracy", "recall_accuracy", "eval_labelled", "eval_loss_start", "train_tokens",
+               "train_s_total", "energy_j_total")
 
 
 def atomic_write(path: Path, write) -> None:

@@ -134,8 +134,9 @@ def in_family(pid: int, roots) -> bool:
     their own, and are not another user's work on the GPU. A pid psutil cannot see (gone, or in
     another container) is not in the family."""
     roots = set(roots)
+    if pid in roots:
+        return True
     try:
-        proc = psutil.Process(pid)
-        return pid in roots or any(p.pid in roots for p in proc.parents())
+        return any(p.pid in roots for p in psutil.Process(pid).parents())
     except (psutil.Error, OSError):
         return False

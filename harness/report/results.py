@@ -97,5 +97,6 @@ def load(folder) -> Result:
             if c in df and df[c].notna().all() and len(df):
                 df[c] = df[c].astype(int)
     # one block per column read is "highly fragmented" to pandas, which warns at the next new column
-    return Result(folder, manifest, batches.copy(), summary.copy(), read_folder_csv(folder / "samples.csv", required=False),
+    return Result(folder, manifest, batches.copy(), summary.copy(),
+                  read_folder_csv(folder / "samples.csv", required=False),
                   read_folder_csv(folder / "eval.csv", required=False))

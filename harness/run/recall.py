@@ -101,6 +101,9 @@ def _batch(generator: torch.Generator, seq_len: int, rows: int, n_pairs: int, vo
     return {"input_ids": input_ids, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
 
 
+_MIX = 0x9E3779B97F4A7C15  # odd: (seed, i) -> seed * _MIX + i mod 2**64 differs for every i of one seed
+
+
 class RecallBatches(Sequence):
     """n MQAR batches, each made when it is read: batch i comes from the generator seeded with
     (seed, i) alone, so any batch can be read in any order, by any process, and is the same every
@@ -120,9 +123,6 @@ class RecallBatches(Sequence):
         i %= self.n
         generator = torch.Generator().manual_seed((self.seed * _MIX + i) % 2 ** 64)
         return _batch(generator, self.seq_len, self.rows, self.n_pairs, self.vocab)
-
-
-_MIX = 0x9E3779B97F4A7C15  # odd: (seed, i) -> seed * _MIX + i mod 2**64 differs for every i of one seed
 
 
 def make_recall_batches(seq_len: int, batch_size: int, n_batches: int, n_pairs: int, seed: int,

@@ -26,7 +26,8 @@ RUN_INFO = ("kernel", "energy_j_run", "joules_per_token_run", "idle_power_w", "c
             "compile_cache", "attention_params", "dtype", "flops_per_step", "palm_flops_per_token",
             "peak_tflops", "flops_forward", "flops_fvcore_forward", "flops_fvcore_reason", "fvcore_s",
             "compile_backend", "device", "other_gpu_processes", "emulated_capability", "eval_loss", "eval_ppl",
-            "eval_accuracy", "recall_accuracy", "eval_labelled", "eval_loss_start", "train_tokens", "train_s_total", "energy_j_total",
+            "eval_accuracy", "recall_accuracy", "eval_labelled", "eval_loss_start", "train_tokens", "train_s_total",
+            "energy_j_total",
             "world_size", "gpu_memory_mb_by_rank", "nvml_by_rank")
 
 

@@ -52,6 +52,10 @@ mqar_length() {  # mqar_length NAME SECONDS T PAIRS
   side_by_side "$1" "$2" "${args[@]}"
 }
 
+sdpa_seeds() {  # sdpa_seeds NAME SECONDS "ARGS": sdpa alone with ARGS, seeds 0, 1 and 2 side by side
+  side_by_side "$1" "$2" "--attention sdpa $3 --seeds 0" "--attention sdpa $3 --seeds 1" "--attention sdpa $3 --seeds 2"
+}
+
 for s in "$@"; do
   case $s in
     mqar)
@@ -62,22 +66,12 @@ for s in "$@"; do
       mqar_length mqar_T128 "$(( $(left) - 25 ))" 128 4
       wait "$tests" ;;
     mqar_T32_calib)
-      for k in 1 2 3; do
-        { echo "\$ $R --attention sdpa --seq-len 128 --recall-pairs 4 ... --seeds $((k - 1))"
-          timeout "$(( $(left) - 25 ))" $R --out "$WORK/calib_T128/$k" --attention sdpa --seq-len 128 --recall-pairs 4 \
-            --recall-vocab 64 --tokens-per-batch 16384 --steps 8000 --lr 1e-3 --seeds $((k - 1)) --eval-every 500 \
-            --eval-tokens 131072; echo "exit $?"; } > "$WORK/calib_T128_$k.log" 2>&1 &
-      done
+      sdpa_seeds calib_T128 "$(( $(left) - 25 ))" "--seq-len 128 --recall-pairs 4 --recall-vocab 64 \
+        --tokens-per-batch 16384 --steps 8000 --lr 1e-3 --eval-every 500 --eval-tokens 131072" &
       mqar_length mqar_T32 "$(( $(left) - 25 ))" 32 4
       wait ;;
-    mqar_T128)
-      for k in 1 2 3; do
-        { echo "\$ $R --attention sdpa --seq-len 128 ... --seeds $((k - 1))"
-          timeout "$(( $(left) - 25 ))" $R --out "$WORK/T128_6000/$k" --attention sdpa --seq-len 128 --recall-pairs 4 \
-            --recall-vocab 64 --tokens-per-batch 32768 --steps 6000 --lr 3e-3 --seeds $((k - 1)) --eval-every 250 \
-            --eval-tokens 65536; echo "exit $?"; } > "$WORK/T128_6000_$k.log" 2>&1 &
-      done
-      wait ;;
+    mqar_T128) sdpa_seeds T128_6000 "$(( $(left) - 25 ))" "--seq-len 128 --recall-pairs 4 --recall-vocab 64 \
+                 --tokens-per-batch 32768 --steps 6000 --lr 3e-3 --eval-every 250 --eval-tokens 65536" ;;
     scaling_[123]) step $s 200 $B --group scaling --target-min 20 --shared-cache -- --preset scaling --offline \
                      --shard ${s#scaling_}/3 ;;
     *) echo "unknown step $s"; exit 2 ;;
