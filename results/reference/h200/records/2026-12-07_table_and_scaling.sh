@@ -19,8 +19,10 @@
 #                        (the one that learnt by step 500 for seed 0), seeds 0..2 side by side, cut at
 #                        the time left: whether it learns every time before the nine run at T 128
 #   scaling_1..scaling_3 the scaling preset (compiled, T = 512 ... 16384), shard k/3
-# The packed results leave out batches.csv and samples.csv (27 MQAR runs of 3000 steps made 40 MB,
-# past what one call brings back); summary.csv, eval.csv, the manifests and the logs stay.
+#   scaling_merge        the three shards joined into one folder with its report ($WORK/merged)
+# The packed MQAR results leave out batches.csv and samples.csv (27 MQAR runs of 3000 steps made
+# 40 MB, past what one call brings back); summary.csv, eval.csv, the manifests and the logs stay.
+# The scaling shards keep theirs: merge needs them.
 set -uo pipefail
 cd "$(dirname "$0")/../../../.."
 OUT=${OUT:-out} WORK=${WORK:-/tmp/ab_$1}
@@ -74,14 +76,16 @@ for s in "$@"; do
                  --tokens-per-batch 32768 --steps 6000 --lr 3e-3 --eval-every 250 --eval-tokens 65536" ;;
     scaling_[123]) step $s 200 $B --group scaling --target-min 20 --shared-cache -- --preset scaling --offline \
                      --shard ${s#scaling_}/3 ;;
+    scaling_merge) step scaling_merge 30 python3 main.py merge --out "$WORK/merged" "$WORK"/budget/results/*_scaling_shard* ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
-record_end() {  # gpu_steps.sh's, less the per-batch and per-sample files; says what else is large
-  find "$WORK" -type f -size +1M -not -path '*/caches/*' -not -name batches.csv -not -name samples.csv \
-    -not -name '*.pt' -not -path '*/.runs/*' -exec ls -la {} + | sort -k5 -n | tail -5
-  tar czf "$OUT/$1.tgz" --exclude='.runs' --exclude='*.pt' --exclude='caches' --exclude='batches.csv' \
-    --exclude='samples.csv' -C "$WORK" .
+record_end() {  # gpu_steps.sh's, less the MQAR runs' per-batch and per-sample files; says what else is large
+  local mqar=() d f
+  for d in mqar_ calib_ T128_; do for f in batches.csv samples.csv; do mqar+=(--exclude="$d*/$f"); done; done
+  find "$WORK" -type f -size +1M -not -path '*/caches/*' -not -name '*.pt' -not -path '*/.runs/*' \
+    -exec ls -la {} + | sort -k5 -n | tail -5
+  tar czf "$OUT/$1.tgz" --exclude='.runs' --exclude='*.pt' --exclude='caches' "${mqar[@]}" -C "$WORK" .
 }
 [ -d "$WORK/budget" ] && python3 benchmarks/compile_budget.py summary "$WORK/budget" > "$WORK/budget/summary.md" 2>&1
 record_end "$1"
