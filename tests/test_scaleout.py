@@ -193,6 +193,24 @@ def test_merge_reports_duplicates_and_missing(shards, tmp_path, monkeypatch, cap
     assert len(pd.read_csv(folder / "summary.csv")) == 2  # each run once
 
 
+def test_merge_of_a_shard_kept_without_batches_keeps_its_numbers(shards, tmp_path, monkeypatch, capsys):
+    """A shard kept small (no batches.csv) gives its summary rows as they are: the merged summary
+    equals the unsharded one. With its summary.csv gone too, merge refuses and writes nothing."""
+    kept = tmp_path / "kept"
+    shutil.copytree(shards["s2"], kept)
+    (kept / "batches.csv").unlink()
+    code, folder = _merge([shards["s1"], kept, shards["s3"]], tmp_path / "m", monkeypatch)
+    assert code == 0 and "has no batches.csv" in capsys.readouterr().out
+    keys = ["run_id", "attention", "status", "n_measured", "loss", "flops"]
+    want, got = (pd.read_csv(f / "summary.csv")[keys] for f in (shards["full"], folder))
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-6)
+    own, merged = (pd.read_csv(f / "summary.csv").set_index("run_id") for f in (kept, folder))
+    assert merged.loc[own.index, "train_time_s"].tolist() == pytest.approx(own["train_time_s"].tolist())
+    (kept / "summary.csv").unlink()
+    code, _ = _merge([shards["s1"], kept, shards["s3"]], tmp_path / "m2", monkeypatch)
+    assert code == 2 and "lacks runs it finished" in capsys.readouterr().err and not _folders(tmp_path / "m2")
+
+
 def test_merge_of_different_sweeps_is_a_user_error(shards, tmp_path, monkeypatch, capsys):
     other = tmp_path / "other"
     shutil.copytree(shards["s2"], other)

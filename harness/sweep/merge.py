@@ -2,8 +2,9 @@
 into one results folder.
 
 run_ids keep their plan index, so merge unions shards by run_id (the first finished copy wins),
-rebuilds batches.csv, samples.csv, eval.csv and summary.csv, and reports duplicates, runs no shard holds
-and runs no shard finished. Shards of different sweeps are refused.
+rebuilds batches.csv, samples.csv, eval.csv and summary.csv (a shard kept without its batches.csv
+gives its own summary rows), and reports duplicates, runs no shard holds and runs no shard finished.
+Shards of different sweeps are refused.
 """
 from __future__ import annotations
 
@@ -73,7 +74,33 @@ def _rows(name: str, chosen: dict, order: dict):
     return df.iloc[df["run_id"].map(order).argsort(kind="stable")].reset_index(drop=True)
 
 
-def _write(folder: Path, chosen: dict, order: dict, done: list[dict]) -> None:
+def _kept_without_batches(chosen: dict, done: list[dict]) -> dict[str, set]:
+    """Shards kept without their batches.csv -> the finished runs merge takes from them. Refused
+    (before anything is written) where such a shard's summary.csv lacks one of those runs."""
+    kept = {}
+    for f in dict.fromkeys(src for _, src in chosen.values()):
+        ids = {r["run_id"] for r in done if chosen[r["run_id"]][1] == f}
+        if ids and not (Path(f) / "batches.csv").is_file():
+            rows = store.read_csv(Path(f) / "summary.csv")
+            if not len(rows) or not ids <= set(rows["run_id"]):
+                raise UserError(f"merge: {f} has no batches.csv and its summary.csv lacks runs it finished: "
+                                "their numbers are not in the shard")
+            kept[f] = ids
+    return kept
+
+
+def _summary(batches: pd.DataFrame, chosen: dict, order: dict, done: list[dict], kept: dict) -> pd.DataFrame:
+    """One row per finished run, from the shards' batches; a shard kept without its batches.csv
+    gives its own summary rows as they are (a run's row depends on its own batches alone)."""
+    parts = [store.summarize(batches, [r for r in done if chosen[r["run_id"]][1] not in kept])]
+    for f, ids in kept.items():
+        rows = store.read_csv(Path(f) / "summary.csv")
+        parts.append(rows[rows["run_id"].isin(ids)])
+    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
+    return out.iloc[out["run_id"].map(order).argsort(kind="stable")].reset_index(drop=True) if len(out) else out
+
+
+def _write(folder: Path, chosen: dict, order: dict, done: list[dict], kept: dict) -> None:
     """batches.csv, samples.csv, eval.csv and summary.csv of the merged folder, each written atomically."""
     batches = _rows("batches.csv", chosen, order)
     store.write_csv(folder / "batches.csv", batches)
@@ -81,7 +108,7 @@ def _write(folder: Path, chosen: dict, order: dict, done: list[dict]) -> None:
         rows = _rows(name, chosen, order)
         if len(rows):
             store.write_csv(folder / name, rows)
-    store.write_csv(folder / "summary.csv", store.summarize(batches, done))
+    store.write_csv(folder / "summary.csv", _summary(batches, chosen, order, done, kept))
 
 
 def _commit(mans: list[dict]) -> str:
@@ -101,9 +128,10 @@ def merge(folders: list[str], out: str | None = None, log=print) -> Path:
                   missing=[r for r in plan_ids if r not in chosen],
                   unfinished=[r["run_id"] for r in runs if r["status"] not in store.FINAL],
                   gpus=sorted({str(m.get("environment", {}).get("gpu")) for m in mans}))
+    kept = _kept_without_batches(chosen, done)
     root = store.check_writable(out or Path(folders[0]).resolve().parent)
     folder = store.new_folder(root, device_label(mans[0].get("environment", {})), mans[0]["preset"])
-    _write(folder, chosen, {r: i for i, r in enumerate(plan_ids)}, done)
+    _write(folder, chosen, {r: i for i, r in enumerate(plan_ids)}, done, kept)
     now = datetime.now().isoformat(timespec="seconds")
     complete = not (report["missing"] or report["unfinished"])
     report["shard_times"] = {str(f): dict(created=m.get("created"), finished=m.get("finished"))
@@ -119,6 +147,9 @@ def merge(folders: list[str], out: str | None = None, log=print) -> Path:
                       ("unfinished (resume that shard)", report["unfinished"])):
         if ids:
             log(f"  {what}: {', '.join(ids)}")
+    for f, ids in kept.items():
+        log(f"  {f} has no batches.csv: the summary rows of its {len(ids)} runs are taken as they are "
+            "(the merged batches.csv has none of their rows)")
     if len(report["gpus"]) > 1:
         log(f"  note: shards ran on different GPUs ({', '.join(report['gpus'])}): compare them with care")
     return folder
