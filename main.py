@@ -171,9 +171,12 @@ def show(argv: list[str]) -> int:
     p.add_argument("which", nargs="?", default="1", help="N (1 = the latest result) or a results folder")
     p.add_argument("--root", default="results", help="where to look for result N (default results/)")
     p.add_argument("--all-plots", action="store_true", help="list every plot, not just the overview")
+    p.add_argument("--redraw", action="store_true", help="draw every plot again from the CSVs (the reference "
+                   "results keep only their main figures)")
     args = p.parse_args(argv)
     from harness.report.show import show as show_result
-    show_result(int(args.which) if args.which.isdigit() else args.which, root=args.root, all_plots=args.all_plots)
+    show_result(int(args.which) if args.which.isdigit() else args.which, root=args.root, all_plots=args.all_plots,
+                redraw=args.redraw)
     return 0
 
 

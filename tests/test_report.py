@@ -346,6 +346,31 @@ def test_show_says_what_it_draws_and_that_a_folder_has_no_report(tmp_path, capsy
     assert "no report.md" in out and not (folder / "report.md").exists()
 
 
+def test_show_redraw_draws_the_figures_a_kept_folder_left_out(tmp_path, capsys):
+    """A reference folder keeps only its main figures; show --redraw draws every one again from the
+    CSVs, the same set a sweep's report draws."""
+    make_results(tmp_path / "r")
+    (folder,) = list_results(tmp_path / "r")
+    make_plots(folder)
+    for p in (folder / "plots").glob("*.png"):
+        if p.stem.startswith(("bar_", "batches_")):
+            p.unlink()
+    kept = {p.stem for p in (folder / "plots").glob("*.png")}
+    assert "overview" in kept and not any(s.startswith("bar_") for s in kept)
+    show(folder, all_plots=True, redraw=True)
+    out = capsys.readouterr().out
+    stems = {p.stem for p in (folder / "plots").glob("*.png")}
+    assert "redrawing the plots" in out and stems == expected_stems(load(folder)) and stems > kept
+
+
+def test_the_committed_reference_folders_keep_their_overview():
+    """show draws the plots of a folder that has none, so a reference folder without its overview
+    would be written into by every show of it (and by the test above of them all)."""
+    folders = sorted(f for sub in REFERENCE.iterdir() if sub.is_dir() for f in list_results(sub))
+    lacking = [str(f.relative_to(REFERENCE)) for f in folders if not (f / "plots" / "overview.png").is_file()]
+    assert not lacking, lacking
+
+
 def test_an_all_zero_metric_is_drawn_from_zero_and_says_so():
     from matplotlib.figure import Figure
     ax = Figure().subplots()

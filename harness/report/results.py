@@ -73,8 +73,10 @@ def read_folder_csv(path: Path, required: bool = True) -> pd.DataFrame | None:
         raise UserError(f"{path}: not a readable CSV ({e})") from None
 
 
-def load(folder) -> Result:
-    """Read one results folder. Bad or missing files raise UserError naming the file."""
+def load(folder, batches_optional: bool = False) -> Result:
+    """Read one results folder. Bad or missing files raise UserError naming the file; with
+    batches_optional, a folder kept without its batches.csv reads with no batches (show's view of
+    a reference folder kept small: its summary stands alone)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"results folder '{folder}' does not exist")
@@ -85,7 +87,9 @@ def load(folder) -> Result:
     except json.JSONDecodeError as e:
         raise UserError(f"{folder / 'manifest.json'}: malformed JSON ({e})") from None
     summary = read_folder_csv(folder / "summary.csv", required=False)
-    batches = read_folder_csv(folder / "batches.csv", required=summary is not None)
+    batches = read_folder_csv(folder / "batches.csv", required=summary is not None and not batches_optional)
+    if batches is None and summary is not None:
+        batches = pd.DataFrame(columns=["run_id", "phase", "step"])
     if summary is None:         # a sweep stopped before its first run ended: the plan, no numbers
         summary, batches = pd.DataFrame(manifest.get("runs", []), columns=RUN_COLUMNS), pd.DataFrame()
     missing = {"run_id", "model", "attention", "seq_len", "status"} - set(summary.columns)
