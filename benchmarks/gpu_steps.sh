@@ -35,12 +35,15 @@ step() {
 }
 
 # A record script's two ends: record_begin NAME after sourcing (the output folder, the machine's
-# record); record_end NAME packs $WORK into $OUT/NAME.tgz, less caches, run files and tensors.
+# record); record_end NAME packs $WORK into $OUT/NAME.tgz, less caches, run files, tensors and the
+# figures the reference results do not keep (per-metric bars, per-batch lines: a results folder's
+# 5-6 MB, which `main.py show DIR --redraw` draws again from the CSVs).
 record_begin() {
   mkdir -p "${OUT:?set OUT}"
   record_env "$WORK/env_$1.txt"
 }
 
 record_end() {
-  tar czf "$OUT/$1.tgz" --exclude='.runs' --exclude='*.pt' --exclude='caches' -C "$WORK" .
+  tar czf "$OUT/$1.tgz" --exclude='.runs' --exclude='*.pt' --exclude='caches' --exclude='bar_*.png' \
+    --exclude='batches_*.png' -C "$WORK" .
 }

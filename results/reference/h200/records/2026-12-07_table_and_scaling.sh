@@ -22,7 +22,8 @@
 #   scaling_merge        the three shards joined into one folder with its report ($WORK/merged)
 # The packed MQAR results leave out batches.csv and samples.csv (27 MQAR runs of 3000 steps made
 # 40 MB, past what one call brings back); summary.csv, eval.csv, the manifests and the logs stay.
-# The scaling shards keep theirs: merge needs them.
+# The scaling shards keep theirs: merge needs them. No pack holds the per-metric bar and per-batch
+# figures (`main.py show DIR --redraw` draws them from the CSVs).
 set -uo pipefail
 cd "$(dirname "$0")/../../../.."
 OUT=${OUT:-out} WORK=${WORK:-/tmp/ab_$1}
@@ -85,7 +86,8 @@ record_end() {  # gpu_steps.sh's, less the MQAR runs' per-batch and per-sample f
   for d in mqar_ calib_ T128_; do for f in batches.csv samples.csv; do mqar+=(--exclude="$d*/$f"); done; done
   find "$WORK" -type f -size +1M -not -path '*/caches/*' -not -name '*.pt' -not -path '*/.runs/*' \
     -exec ls -la {} + | sort -k5 -n | tail -5
-  tar czf "$OUT/$1.tgz" --exclude='.runs' --exclude='*.pt' --exclude='caches' "${mqar[@]}" -C "$WORK" .
+  tar czf "$OUT/$1.tgz" --exclude='.runs' --exclude='*.pt' --exclude='caches' --exclude='bar_*.png' \
+    --exclude='batches_*.png' "${mqar[@]}" -C "$WORK" .
 }
 [ -d "$WORK/budget" ] && python3 benchmarks/compile_budget.py summary "$WORK/budget" > "$WORK/budget/summary.md" 2>&1
 record_end "$1"
