@@ -74,9 +74,9 @@ def _rows(name: str, chosen: dict, order: dict):
     return df.iloc[df["run_id"].map(order).argsort(kind="stable")].reset_index(drop=True)
 
 
-def _kept_without_batches(chosen: dict, done: list[dict]) -> dict[str, set]:
-    """Shards kept without their batches.csv -> the finished runs merge takes from them. Refused
-    (before anything is written) where such a shard's summary.csv lacks one of those runs."""
+def _kept_without_batches(chosen: dict, done: list[dict]) -> dict[str, pd.DataFrame]:
+    """Shards kept without their batches.csv -> the summary rows of the finished runs merge takes
+    from them. Refused (before anything is written) where such a shard's summary.csv lacks one."""
     kept = {}
     for f in dict.fromkeys(src for _, src in chosen.values()):
         ids = {r["run_id"] for r in done if chosen[r["run_id"]][1] == f}
@@ -85,19 +85,18 @@ def _kept_without_batches(chosen: dict, done: list[dict]) -> dict[str, set]:
             if not len(rows) or not ids <= set(rows["run_id"]):
                 raise UserError(f"merge: {f} has no batches.csv and its summary.csv lacks runs it finished: "
                                 "their numbers are not in the shard")
-            kept[f] = ids
+            kept[f] = rows[rows["run_id"].isin(ids)]
     return kept
 
 
 def _summary(batches: pd.DataFrame, chosen: dict, order: dict, done: list[dict], kept: dict) -> pd.DataFrame:
     """One row per finished run, from the shards' batches; a shard kept without its batches.csv
     gives its own summary rows as they are (a run's row depends on its own batches alone)."""
-    parts = [store.summarize(batches, [r for r in done if chosen[r["run_id"]][1] not in kept])]
-    for f, ids in kept.items():
-        rows = store.read_csv(Path(f) / "summary.csv")
-        parts.append(rows[rows["run_id"].isin(ids)])
-    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else parts[0]
-    return out.iloc[out["run_id"].map(order).argsort(kind="stable")].reset_index(drop=True) if len(out) else out
+    own = store.summarize(batches, [r for r in done if chosen[r["run_id"]][1] not in kept])
+    if not kept:
+        return own
+    out = pd.concat([p for p in (own, *kept.values()) if len(p)], ignore_index=True)
+    return out.iloc[out["run_id"].map(order).argsort(kind="stable")].reset_index(drop=True)
 
 
 def _write(folder: Path, chosen: dict, order: dict, done: list[dict], kept: dict) -> None:
@@ -147,8 +146,8 @@ def merge(folders: list[str], out: str | None = None, log=print) -> Path:
                       ("unfinished (resume that shard)", report["unfinished"])):
         if ids:
             log(f"  {what}: {', '.join(ids)}")
-    for f, ids in kept.items():
-        log(f"  {f} has no batches.csv: the summary rows of its {len(ids)} runs are taken as they are "
+    for f, rows in kept.items():
+        log(f"  {f} has no batches.csv: the summary rows of its {len(rows)} runs are taken as they are "
             "(the merged batches.csv has none of their rows)")
     if len(report["gpus"]) > 1:
         log(f"  note: shards ran on different GPUs ({', '.join(report['gpus'])}): compare them with care")
